@@ -1,0 +1,3 @@
+from modelsmith.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,478 @@
+"""Bring the local control plane up, report on it, and take it down.
+
+The processes are the ones a kubeadm cluster runs, started directly with envtest-like
+flags on loopback: etcd, kube-apiserver (TLS, client certificates, Node+RBAC
+authorization), kube-controller-manager (Jobs, garbage collection, service accounts)
+and kube-scheduler. kwok stands in for the kubelets. Nothing listens beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from modelsmith.devcluster import pki, tools
+from modelsmith.devcluster.errors import DevClusterError
+from modelsmith.devcluster.nodes import DEFAULT_NODES, node_manifest
+from modelsmith.devcluster.processes import (
+    Running,
+    StateFile,
+    is_alive,
+    port_in_use,
+    start,
+    stop,
+    tail,
+)
+
+DEFAULT_PORT_BASE = 16440
+DEFAULT_TIMEOUT = 90.0
+CLUSTER_NAME = "modelsmith-dev"
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @classmethod
+    def from_base(cls, base: int) -> Ports:
+        return cls(base, base + 1, base + 3, base + 4, base + 5, base + 6)
+
+    def by_component(self) -> dict[str, int]:
+        return {
+            "etcd": self.etcd,
+            "etcd (peer)": self.etcd_peer,
+            "kube-apiserver": self.apiserver,
+            "kube-controller-manager": self.controller_manager,
+            "kube-scheduler": self.scheduler,
+            "kwok": self.kwok,
+        }
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int
+    port: int
+    running: bool
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    home: Path
+    components: list[ComponentStatus]
+    server: str
+
+    @property
+    def running(self) -> bool:
+        return bool(self.components) and all(c.running and c.healthy for c in self.components)
+
+    @property
+    def stopped(self) -> bool:
+        return not any(c.running for c in self.components)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise DevClusterError(f"{name}={raw!r} is not an integer") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise DevClusterError(f"{name}={raw!r} is not a number") from None
+
+
+def default_home() -> Path:
+    explicit = os.environ.get("MODELSMITH_DEV_HOME")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "modelsmith" / "devcluster"
+
+
+class DevCluster:
+    """One local cluster, identified by its home directory and its ports."""
+
+    def __init__(self, home: Path, ports: Ports, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.home = home
+        self.ports = ports
+        self.timeout = timeout
+        self.state = StateFile(home / "state.json")
+
+    @classmethod
+    def from_env(cls) -> DevCluster:
+        """Configured by MODELSMITH_DEV_HOME, MODELSMITH_DEV_PORT_BASE, MODELSMITH_DEV_TIMEOUT."""
+        return cls(
+            default_home(),
+            Ports.from_base(_env_int("MODELSMITH_DEV_PORT_BASE", DEFAULT_PORT_BASE)),
+            _env_float("MODELSMITH_DEV_TIMEOUT", DEFAULT_TIMEOUT),
+        )
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.home / "kubeconfig"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.home / "bin"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    @property
+    def _pki(self) -> pki.PKIPaths:
+        return pki.PKIPaths(self.home / "pki")
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        """Run the cluster's own kubectl (the one built with it) as the admin user."""
+        argv = [str(tools.binary(tools.KUBERNETES, "kubectl")), f"--kubeconfig={self.kubeconfig}"]
+        proc = subprocess.run(
+            [*argv, *args], input=stdin, capture_output=True, text=True, check=False
+        )
+        if check and proc.returncode != 0:
+            raise DevClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    # -- up -----------------------------------------------------------------------------
+
+    def up(self, log: Callable[[str], None] = print) -> bool:
+        """Start the cluster; return False when it was already running and was reused."""
+        for tool in tools.ALL_TOOLS:
+            tools.build(tool)
+        self._link_binaries()
+        current = self.status()
+        if current.running:
+            log(f"dev cluster already running at {self.server} (home {self.home}); reusing it")
+            return False
+        if not current.stopped:
+            log("dev cluster is partly running; stopping what is left and starting afresh")
+        self.down(log=lambda _msg: None)
+        self._check_ports_free()
+        self._prepare_home()
+        started: list[Running] = []
+        try:
+            for name, argv, port, check in self._components():
+                log(f"starting {name} on 127.0.0.1:{port}")
+                proc = start(name, argv, port, self.home / "logs" / f"{name}.log")
+                started.append(proc)
+                self.state.save(started)
+                self._wait_healthy(proc, check)
+            self._register_nodes()
+            self._wait_until(self._nodes_ready, "the kwok nodes to become Ready", started[-1])
+            self._wait_until(
+                self._default_service_account, "the default service account", started[0]
+            )
+        except BaseException:
+            for proc in reversed(started):
+                stop(proc)
+            self.state.clear()
+            raise
+        log(f"dev cluster up: {self.server}; kubeconfig {self.kubeconfig}")
+        return True
+
+    def _link_binaries(self) -> None:
+        """Put every built tool in one folder, so `dev env` can prepend it to PATH."""
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        for tool in tools.ALL_TOOLS:
+            for name in tool.packages:
+                link = self.bin_dir / name
+                link.unlink(missing_ok=True)
+                link.symlink_to(tools.binary(tool, name))
+
+    def _check_ports_free(self) -> None:
+        taken = [f"{p} ({c})" for c, p in self.ports.by_component().items() if port_in_use(p)]
+        if taken:
+            raise DevClusterError(
+                f"port(s) already in use on 127.0.0.1: {', '.join(taken)}. Stop whatever "
+                "holds them (`ss -ltnp`) or choose other ports with "
+                "MODELSMITH_DEV_PORT_BASE=<port> (7 consecutive ports are used)"
+            )
+
+    def _prepare_home(self) -> None:
+        for sub in ("pki", "etcd", "logs"):
+            shutil.rmtree(self.home / sub, ignore_errors=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        paths = pki.generate(self.home / "pki")
+        self._write_kubeconfig(paths)
+        stages = resources.files("modelsmith.devcluster").joinpath("stages", "stages.yaml")
+        (self.home / "kwok-stages.yaml").write_bytes(stages.read_bytes())
+
+    def _write_kubeconfig(self, paths: pki.PKIPaths) -> None:
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": CLUSTER_NAME,
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": b64(paths.ca_cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": pki.ADMIN_USER,
+                    "user": {
+                        "client-certificate-data": b64(paths.admin_cert),
+                        "client-key-data": b64(paths.admin_key),
+                    },
+                }
+            ],
+            "contexts": [
+                {"name": CLUSTER_NAME, "context": {"cluster": CLUSTER_NAME, "user": pki.ADMIN_USER}}
+            ],
+            "current-context": CLUSTER_NAME,
+        }
+        tmp = self.kubeconfig.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config))
+        tmp.chmod(0o600)
+        tmp.replace(self.kubeconfig)
+
+    def _components(self) -> list[tuple[str, list[str], int, Callable[[], bool]]]:
+        p, k, home = self.ports, self._pki, self.home
+        kubeconfig = str(self.kubeconfig)
+        etcd_url = f"http://127.0.0.1:{p.etcd}"
+        peer_url = f"http://127.0.0.1:{p.etcd_peer}"
+        k8s = tools.KUBERNETES
+        return [
+            (
+                "etcd",
+                [
+                    str(tools.binary(tools.ETCD, "etcd")),
+                    "--name=dev",
+                    f"--data-dir={home / 'etcd'}",
+                    f"--listen-client-urls={etcd_url}",
+                    f"--advertise-client-urls={etcd_url}",
+                    f"--listen-peer-urls={peer_url}",
+                    f"--initial-advertise-peer-urls={peer_url}",
+                    f"--initial-cluster=dev={peer_url}",
+                    "--unsafe-no-fsync",
+                    "--log-level=warn",
+                ],
+                p.etcd,
+                lambda: self._http_ok(f"{etcd_url}/health"),
+            ),
+            (
+                "kube-apiserver",
+                [
+                    str(tools.binary(k8s, "kube-apiserver")),
+                    f"--etcd-servers={etcd_url}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    f"--secure-port={p.apiserver}",
+                    f"--tls-cert-file={k.apiserver_cert}",
+                    f"--tls-private-key-file={k.apiserver_key}",
+                    f"--client-ca-file={k.ca_cert}",
+                    "--authorization-mode=Node,RBAC",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    f"--service-account-key-file={k.sa_pub}",
+                    f"--service-account-signing-key-file={k.sa_key}",
+                    f"--service-cluster-ip-range={pki.SERVICE_CLUSTER_IP_RANGE}",
+                    "--enable-admission-plugins=ExtendedResourceToleration",
+                    "--allow-privileged=true",
+                    "--profiling=false",
+                    "--v=1",
+                ],
+                p.apiserver,
+                self._apiserver_ready,
+            ),
+            (
+                "kube-controller-manager",
+                [
+                    str(tools.binary(k8s, "kube-controller-manager")),
+                    f"--kubeconfig={kubeconfig}",
+                    f"--authentication-kubeconfig={kubeconfig}",
+                    f"--authorization-kubeconfig={kubeconfig}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={p.controller_manager}",
+                    "--leader-elect=false",
+                    f"--root-ca-file={k.ca_cert}",
+                    f"--service-account-private-key-file={k.sa_key}",
+                    "--use-service-account-credentials=false",
+                    "--profiling=false",
+                    "--v=1",
+                ],
+                p.controller_manager,
+                lambda: self._http_ok(f"https://127.0.0.1:{p.controller_manager}/healthz"),
+            ),
+            (
+                "kube-scheduler",
+                [
+                    str(tools.binary(k8s, "kube-scheduler")),
+                    f"--kubeconfig={kubeconfig}",
+                    f"--authentication-kubeconfig={kubeconfig}",
+                    f"--authorization-kubeconfig={kubeconfig}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={p.scheduler}",
+                    "--leader-elect=false",
+                    "--profiling=false",
+                    "--v=1",
+                ],
+                p.scheduler,
+                lambda: self._http_ok(f"https://127.0.0.1:{p.scheduler}/healthz"),
+            ),
+            (
+                "kwok",
+                [
+                    str(tools.binary(tools.KWOK, "kwok")),
+                    f"--kubeconfig={kubeconfig}",
+                    f"--config={home / 'kwok-stages.yaml'}",
+                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                    f"--server-address=127.0.0.1:{p.kwok}",
+                    "--node-ip=10.0.0.1",
+                    "--cidr=10.244.0.0/16",
+                ],
+                p.kwok,
+                lambda: self._http_ok(f"http://127.0.0.1:{p.kwok}/healthz"),
+            ),
+        ]
+
+    # -- health -------------------------------------------------------------------------
+
+    def _http_ok(self, url: str, **kwargs: Any) -> bool:
+        try:
+            resp = httpx.get(url, timeout=2.0, verify=kwargs.pop("verify", False), **kwargs)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
+
+    def _apiserver_ready(self) -> bool:
+        k = self._pki
+        if not k.ca_cert.exists():
+            return False
+        ctx = ssl.create_default_context(cafile=str(k.ca_cert))
+        ctx.load_cert_chain(str(k.admin_cert), str(k.admin_key))
+        return self._http_ok(f"{self.server}/readyz", verify=ctx)
+
+    def _wait_healthy(self, proc: Running, check: Callable[[], bool]) -> None:
+        self._wait_until(check, f"{proc.name} to become healthy", proc)
+
+    def _wait_until(self, check: Callable[[], bool], what: str, proc: Running) -> None:
+        """Poll ``check``; fail fast if ``proc`` dies, fail clearly on the deadline."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if check():
+                return
+            if not is_alive(proc):
+                raise DevClusterError(
+                    f"{proc.name} exited while waiting for {what}; last lines of "
+                    f"{proc.log}:\n{tail(proc.log)}"
+                )
+            if time.monotonic() > deadline:
+                raise DevClusterError(
+                    f"timed out after {self.timeout:.0f}s waiting for {what} "
+                    f"(raise MODELSMITH_DEV_TIMEOUT to wait longer); last lines of "
+                    f"{proc.log}:\n{tail(proc.log)}"
+                )
+            time.sleep(0.25)
+
+    def _register_nodes(self) -> None:
+        items = [node_manifest(shape) for shape in DEFAULT_NODES]
+        doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        self.kubectl(
+            "apply", "--server-side", "--field-manager=modelsmith-dev", "-f", "-", stdin=doc
+        )
+
+    def _nodes_ready(self) -> bool:
+        nodes = json.loads(self.kubectl("get", "nodes", "-o", "json"))["items"]
+        ready = {
+            n["metadata"]["name"]
+            for n in nodes
+            for c in n.get("status", {}).get("conditions", [])
+            if c["type"] == "Ready" and c["status"] == "True"
+        }
+        return all(shape.name in ready for shape in DEFAULT_NODES)
+
+    def _default_service_account(self) -> bool:
+        out = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
+        return "default" in out
+
+    # -- status, down, env --------------------------------------------------------------
+
+    def status(self) -> ClusterStatus:
+        procs = self.state.load()
+        checks = {name: check for name, _argv, _port, check in self._components_or_empty()}
+        components = []
+        for proc in procs:
+            alive = is_alive(proc)
+            check = checks.get(proc.name)
+            components.append(
+                ComponentStatus(
+                    name=proc.name,
+                    pid=proc.pid,
+                    port=proc.port,
+                    running=alive,
+                    healthy=alive and check is not None and check(),
+                )
+            )
+        return ClusterStatus(home=self.home, components=components, server=self.server)
+
+    def _components_or_empty(self) -> list[tuple[str, list[str], int, Callable[[], bool]]]:
+        """Health checks need the binaries' paths only to rebuild argv; skip if unbuilt."""
+        try:
+            return self._components()
+        except DevClusterError:
+            return []
+
+    def down(self, log: Callable[[str], None] = print) -> list[str]:
+        """Stop every recorded process (newest first) and make sure its port is free."""
+        procs = self.state.load()
+        stopped = []
+        for proc in reversed(procs):
+            if is_alive(proc):
+                log(f"stopping {proc.name} (pid {proc.pid})")
+                stop(proc)
+                stopped.append(proc.name)
+        self.state.clear()
+        deadline = time.monotonic() + 10
+        held = [p for p in procs if port_in_use(p.port)]
+        while held and time.monotonic() < deadline:
+            time.sleep(0.2)
+            held = [p for p in held if port_in_use(p.port)]
+        if held:
+            raise DevClusterError(
+                "stopped the dev cluster but these ports are still taken: "
+                + ", ".join(f"{p.port} ({p.name})" for p in held)
+            )
+        for sub in ("etcd", "pki"):
+            shutil.rmtree(self.home / sub, ignore_errors=True)
+        self.kubeconfig.unlink(missing_ok=True)
+        if not stopped:
+            log("dev cluster was not running")
+        return stopped
+
+    def env(self) -> str:
+        return f'export KUBECONFIG={self.kubeconfig}\nexport PATH="{self.bin_dir}:$PATH"\n'

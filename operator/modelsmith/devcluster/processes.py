@@ -1,0 +1,128 @@
+"""Start, find and stop the control plane's processes without a supervisor daemon.
+
+Each process gets its own session (process group), so `down` can end it together with
+anything it spawned, and the CLI that started it can exit. What runs is recorded in a
+JSON state file; a recorded pid only counts as ours while /proc says it still runs the
+binary we started, so a recycled pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from modelsmith.devcluster.errors import DevClusterError
+
+
+@dataclass(frozen=True)
+class Running:
+    name: str
+    pid: int
+    argv: list[str]
+    port: int
+    log: str
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def is_alive(proc: Running) -> bool:
+    try:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if not cmdline.startswith(proc.argv[0].encode() + b"\0"):
+        return False
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            return False
+    return True
+
+
+def start(name: str, argv: list[str], port: int, log: Path) -> Running:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Running(name=name, pid=proc.pid, argv=argv, port=port, log=str(log))
+
+
+def stop(proc: Running, timeout: float = 15.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after ``timeout``."""
+    if not is_alive(proc):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(proc.pid)
+        if not is_alive(proc):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while is_alive(proc) and time.monotonic() < deadline:
+        _reap(proc.pid)
+        time.sleep(0.05)
+    if is_alive(proc):
+        raise DevClusterError(f"{proc.name} (pid {proc.pid}) survived SIGKILL")
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited children so they do not linger as zombies."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def tail(path: str | Path, lines: int = 20) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "".join(text.splitlines(keepends=True)[-lines:])
+
+
+class StateFile:
+    """The list of processes one `up` started, in start order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[Running]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise DevClusterError(f"cannot read dev cluster state {self.path}: {exc}") from exc
+        return [Running(**item) for item in raw.get("processes", [])]
+
+    def save(self, procs: list[Running]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"processes": [asdict(p) for p in procs]}, indent=2))
+        tmp.replace(self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,51 @@
+"""Run the operator: register every kind's handlers and hand control to kopf."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from modelsmith import k8s
+from modelsmith.config import Settings
+from modelsmith.handlers import datapipeline
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Keep kopf's bookkeeping in annotations under our own prefix.
+
+    kopf's default also writes `status.kopf`, which the structural schemas of our
+    CRDs prune; annotations survive and do not mix with the status users read.
+    """
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 60
+
+
+GROUP_PREFIX = "modelsmith.io"
+
+
+def register_all() -> None:
+    app_settings = Settings.from_env()
+
+    @kopf.on.startup()
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings)
+        k8s.load_config()
+
+    datapipeline.register(app_settings)
+
+
+def run(namespaces: list[str], all_namespaces: bool) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    register_all()
+    kopf.run(
+        standalone=True,
+        clusterwide=all_namespaces or not namespaces,
+        namespaces=namespaces,
+    )
+    return 0

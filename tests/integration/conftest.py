@@ -1,0 +1,49 @@
+"""The integration tier runs against the real local control plane.
+
+The cluster is brought up once per test session (or reused if a developer already has
+one running, which the session then leaves running) and each test gets a namespace of
+its own, deleted afterwards, so tests cannot see each other's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from modelsmith.devcluster.cluster import DevCluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def dev_cluster() -> Iterator[DevCluster]:
+    cluster = DevCluster.from_env()
+    started = cluster.up()
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    config.load_kube_config(config_file=str(cluster.kubeconfig))
+    yield cluster
+    if started and not os.environ.get("MODELSMITH_KEEP_CLUSTER"):
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(dev_cluster: DevCluster) -> Path:
+    return dev_cluster.kubeconfig
+
+
+@pytest.fixture
+def core(dev_cluster: DevCluster) -> client.CoreV1Api:
+    return client.CoreV1Api()
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)

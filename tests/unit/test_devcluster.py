@@ -1,0 +1,110 @@
+"""The local cluster's failure paths that need no running cluster."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelsmith.cli import main
+from modelsmith.devcluster import tools
+from modelsmith.devcluster.cluster import DevCluster, Ports
+from modelsmith.devcluster.errors import DevClusterError
+from modelsmith.devcluster.nodes import DEFAULT_NODES, GPU_RESOURCE, node_manifest
+from modelsmith.devcluster.processes import port_in_use
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_missing_go_is_a_clear_error(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(DevClusterError, match="Go is not installed"):
+        tools.build(tools.ETCD)
+    assert main(["dev", "build"]) == 1
+    assert "error: Go is not installed or not on PATH" in capsys.readouterr().err
+
+
+def test_failed_build_reports_the_go_error_and_publishes_nothing(empty_cache: Path) -> None:
+    broken = tools.GoTool(
+        name="etcd", version="v0.0.0", packages={"etcd": "go.etcd.io/etcd/server/v3/nonexistent"}
+    )
+    with pytest.raises(DevClusterError, match=r"building etcd v0\.0\.0 failed") as exc:
+        tools.build(broken, log=False)
+    assert "nonexistent" in str(exc.value)
+    assert not tools.is_built(broken)
+    assert not any((empty_cache / "tools").iterdir())
+
+
+def test_cache_key_changes_with_the_recipe() -> None:
+    changed = tools.GoTool(
+        name="etcd", version=tools.ETCD.version, packages=tools.ETCD.packages, tags=("x",)
+    )
+    assert changed.cache_key() != tools.ETCD.cache_key()
+    assert tools.ETCD.cache_key().startswith(f"etcd-{tools.ETCD_VERSION}-")
+
+
+def test_binary_names_follow_go_build(empty_cache: Path) -> None:
+    assert tools._default_binary_name("go.etcd.io/etcd/server/v3") == "server"
+    assert tools._default_binary_name("k8s.io/kubernetes/cmd/kubectl") == "kubectl"
+    with pytest.raises(DevClusterError, match="modelsmith dev build"):
+        tools.binary(tools.ETCD, "etcd")
+
+
+def test_taken_port_is_named_in_the_error(tmp_path: Path, held_port: int) -> None:
+    assert port_in_use(held_port)
+    cluster = DevCluster(tmp_path, Ports.from_base(held_port - 3))  # apiserver = base + 3
+    with pytest.raises(DevClusterError, match=rf"{held_port} \(kube-apiserver\)"):
+        cluster._check_ports_free()
+
+
+def test_bad_environment_values_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSMITH_DEV_PORT_BASE", "high")
+    with pytest.raises(DevClusterError, match="MODELSMITH_DEV_PORT_BASE='high'"):
+        DevCluster.from_env()
+
+
+def test_status_of_a_cluster_that_never_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MODELSMITH_DEV_HOME", str(tmp_path))
+    assert main(["dev", "status"]) == 1
+    assert "not running" in capsys.readouterr().out
+    assert main(["dev", "down"]) == 0
+
+
+def test_env_exports_kubeconfig_and_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MODELSMITH_DEV_HOME", str(tmp_path))
+    assert main(["dev", "env"]) == 0
+    out = capsys.readouterr().out
+    assert f"export KUBECONFIG={tmp_path}/kubeconfig" in out
+    assert f'export PATH="{tmp_path}/bin:$PATH"' in out
+
+
+def test_node_pool_has_gpu_and_cpu_nodes() -> None:
+    manifests = [node_manifest(shape) for shape in DEFAULT_NODES]
+    gpu = [m for m in manifests if GPU_RESOURCE in m["status"]["capacity"]]
+    assert len(gpu) >= 2
+    assert len(manifests) - len(gpu) >= 1
+    for node in gpu:
+        assert node["status"]["allocatable"][GPU_RESOURCE] == "8"
+        assert node["metadata"]["labels"]["nvidia.com/gpu.product"]
+        assert node["spec"]["taints"][0]["key"] == GPU_RESOURCE
+    assert all(m["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake" for m in manifests)

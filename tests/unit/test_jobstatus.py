@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelsmith.api.datapipeline import DataPipelineStatus, Phase
+from modelsmith.jobstatus import compute_status
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _job(*, active: int = 0, succeeded: int = 0, cond: str | None = None, suspend: bool = False,
+         message: str = "") -> dict[str, Any]:
+    status: dict[str, Any] = {"active": active, "succeeded": succeeded,
+                              "startTime": "2026-01-01T00:00:00Z"}
+    if cond:
+        status["conditions"] = [{"type": cond, "status": "True", "reason": "BackoffLimitExceeded"
+                                 if cond == "Failed" else "", "message": message}]
+        if cond == "Complete":
+            status["completionTime"] = "2026-01-01T00:05:00Z"
+    return {"spec": {"suspend": suspend}, "status": status}
+
+
+def _conds(status: DataPipelineStatus) -> dict[str, str]:
+    return {c.type: c.status.value for c in status.conditions}
+
+
+@pytest.mark.parametrize(
+    ("job", "phase", "ready", "extra"),
+    [
+        (None, Phase.PENDING, "False", {"Progressing": "True"}),
+        (_job(active=2), Phase.RUNNING, "False", {"Progressing": "True"}),
+        (_job(suspend=True), Phase.PENDING, "False", {"Suspended": "True"}),
+        (_job(cond="Complete", succeeded=2), Phase.SUCCEEDED, "True", {"Succeeded": "True"}),
+        (_job(cond="Failed", message="pod failed"), Phase.FAILED, "False", {"Failed": "True"}),
+    ],
+)
+def test_phase_and_conditions_follow_the_job(
+    job: dict[str, Any] | None, phase: Phase, ready: str, extra: dict[str, str]
+) -> None:
+    status = compute_status(DataPipelineStatus(), job, generation=3, output_uri="/o", now=T0)
+    assert status.phase == phase
+    conds = _conds(status)
+    assert conds["Ready"] == ready
+    for key, value in extra.items():
+        assert conds[key] == value
+    assert status.observed_generation == 3
+    assert all(c.observed_generation == 3 for c in status.conditions)
+
+
+def test_success_publishes_outputs_and_completion_time() -> None:
+    status = compute_status(
+        DataPipelineStatus(), _job(cond="Complete"), generation=1, output_uri="s3://o", now=T0
+    )
+    assert status.outputs is not None
+    assert status.outputs.uri == "s3://o"
+    assert status.completion_time == datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+    assert status.start_time == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_failure_message_names_the_job_reason() -> None:
+    status = compute_status(
+        DataPipelineStatus(), _job(cond="Failed", message="3 pods failed"),
+        generation=1, output_uri="/o", now=T0,
+    )
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert ready.message == "BackoffLimitExceeded: 3 pods failed"
+    assert status.outputs is None
+
+
+JOBS = st.sampled_from([None, _job(), _job(active=1), _job(suspend=True), _job(cond="Complete"),
+                        _job(cond="Failed")])
+
+
+@given(first=JOBS, second=JOBS, minutes=st.integers(min_value=1, max_value=10_000))
+def test_transition_time_moves_only_when_a_condition_flips(
+    first: dict[str, Any] | None, second: dict[str, Any] | None, minutes: int
+) -> None:
+    before = compute_status(DataPipelineStatus(), first, generation=1, output_uri="/o", now=T0)
+    later = T0 + timedelta(minutes=minutes)
+    after = compute_status(before, second, generation=1, output_uri="/o", now=later)
+    old = {c.type: c for c in before.conditions}
+    for cond in after.conditions:
+        prev = old.get(cond.type)
+        expected = T0 if prev is not None and prev.status == cond.status else later
+        assert cond.last_transition_time == expected, cond.type
+    again = compute_status(after, second, generation=1, output_uri="/o", now=later + timedelta(1))
+    assert again == after, "reconciling an unchanged world must not change the status"
