@@ -7,6 +7,7 @@ same desired object twice is a no-op and fields other controllers own are left a
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -26,7 +27,8 @@ def load_config() -> None:
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+        # Read KUBECONFIG now: the client captures its default path at import time.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
 
 
 def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:

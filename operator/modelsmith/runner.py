@@ -30,7 +30,13 @@ GROUP_PREFIX = "modelsmith.io"
 
 
 def register_all() -> None:
+    """Register every handler with kopf's default registry (done once, at import)."""
     app_settings = Settings.from_env()
+
+    @kopf.on.login()
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """In a pod the service account, elsewhere KUBECONFIG: no client library guessing."""
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -42,7 +48,8 @@ def register_all() -> None:
 
 def run(namespaces: list[str], all_namespaces: bool) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    register_all()
+    import modelsmith.kopf_entry  # noqa: F401  (registers the handlers)
+
     kopf.run(
         standalone=True,
         clusterwide=all_namespaces or not namespaces,

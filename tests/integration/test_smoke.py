@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
@@ -31,6 +32,11 @@ def test_kubectl_reports_the_real_server_version(dev_cluster: DevCluster) -> Non
     assert out["serverVersion"]["gitVersion"] == tools.KUBERNETES_VERSION
     assert out["clientVersion"]["gitVersion"] == tools.KUBERNETES_VERSION
     assert client.VersionApi().get_code().git_version == tools.KUBERNETES_VERSION
+
+
+def test_etcd_is_the_pinned_release(dev_cluster: DevCluster) -> None:
+    version = httpx.get(f"http://127.0.0.1:{dev_cluster.ports.etcd}/version", timeout=5).json()
+    assert version["etcdserver"] == tools.ETCD_VERSION.lstrip("v")
 
 
 def test_fake_nodes_look_like_a_gpu_pool(core: client.CoreV1Api) -> None:
@@ -70,7 +76,9 @@ def _pipeline(name: str, **spec: object) -> dict[str, object]:
     }
 
 
-def _kubectl_apply(cluster: DevCluster, namespace: str, obj: dict[str, object]) -> subprocess.CompletedProcess[str]:
+def _kubectl_apply(
+    cluster: DevCluster, namespace: str, obj: dict[str, object]
+) -> subprocess.CompletedProcess[str]:
     argv = [str(tools.binary(tools.KUBERNETES, "kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
     return subprocess.run(
         [*argv, "apply", "-n", namespace, "-f", "-"],
@@ -221,12 +229,18 @@ def test_rbac_refuses_what_the_role_does_not_allow(core: client.CoreV1Api, names
         namespace,
         client.V1RoleBinding(
             metadata=client.V1ObjectMeta(name="reader"),
-            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="pod-reader"),
-            subjects=[client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)],
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name="pod-reader"
+            ),
+            subjects=[
+                client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)
+            ],
         ),
     )
     token = core.create_namespaced_service_account_token(
-        "reader", namespace, client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
+        "reader",
+        namespace,
+        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
     ).status.token
 
     admin = client.Configuration.get_default_copy()

@@ -62,9 +62,17 @@ def test_committed_crds_match_the_models() -> None:
 
 def test_check_reports_drift_and_strays(tmp_path: Path) -> None:
     (tmp_path / "crds").mkdir()
-    assert len(crdgen.check(tmp_path)) == len(KINDS)
+    assert len(crdgen.check(tmp_path)) == 2 * len(KINDS)  # crds/ and the chart
     crdgen.write(tmp_path)
     assert crdgen.check(tmp_path) == []
     stray = tmp_path / "crds" / "old.modelsmith.io.yaml"
     stray.write_text("{}")
     assert crdgen.check(tmp_path) == [stray]
+
+
+def test_chart_template_wraps_the_same_crd() -> None:
+    text = crdgen.render_chart_template(DATAPIPELINE)
+    assert text.splitlines()[1] == "{{- if .Values.crds.enabled }}"
+    assert "helm.sh/resource-policy: keep" in text
+    plain = crdgen.render(DATAPIPELINE).splitlines()
+    assert all(line in text.splitlines() for line in plain)

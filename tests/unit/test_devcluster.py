@@ -108,3 +108,22 @@ def test_node_pool_has_gpu_and_cpu_nodes() -> None:
         assert node["metadata"]["labels"]["nvidia.com/gpu.product"]
         assert node["spec"]["taints"][0]["key"] == GPU_RESOURCE
     assert all(m["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake" for m in manifests)
+
+
+@pytest.mark.parametrize(
+    ("tool", "module"),
+    [
+        (tools.KUBERNETES, "k8s.io/kubernetes"),
+        (tools.ETCD, "go.etcd.io/etcd/server/v3"),
+        (tools.KWOK, "sigs.k8s.io/kwok"),
+        (tools.HELM, "helm.sh/helm/v4"),
+    ],
+    ids=lambda t: getattr(t, "name", ""),
+)
+def test_wrapper_modules_pin_the_declared_versions(tool: tools.GoTool, module: str) -> None:
+    """`go get -tool` upgrades silently; the version we report must be the one built."""
+    gomod = tool.recipe_files()["go.mod"].decode()
+    assert f"{module} {tool.version}" in gomod
+    if tool is tools.KUBERNETES:
+        minor = tool.version.split(".")[1]
+        assert f"k8s.io/client-go => k8s.io/client-go v0.{minor}." in gomod

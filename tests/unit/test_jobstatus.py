@@ -13,13 +13,28 @@ from modelsmith.jobstatus import compute_status
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def _job(*, active: int = 0, succeeded: int = 0, cond: str | None = None, suspend: bool = False,
-         message: str = "") -> dict[str, Any]:
-    status: dict[str, Any] = {"active": active, "succeeded": succeeded,
-                              "startTime": "2026-01-01T00:00:00Z"}
+def _job(
+    *,
+    active: int = 0,
+    succeeded: int = 0,
+    cond: str | None = None,
+    suspend: bool = False,
+    message: str = "",
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "active": active,
+        "succeeded": succeeded,
+        "startTime": "2026-01-01T00:00:00Z",
+    }
     if cond:
-        status["conditions"] = [{"type": cond, "status": "True", "reason": "BackoffLimitExceeded"
-                                 if cond == "Failed" else "", "message": message}]
+        status["conditions"] = [
+            {
+                "type": cond,
+                "status": "True",
+                "reason": "BackoffLimitExceeded" if cond == "Failed" else "",
+                "message": message,
+            }
+        ]
         if cond == "Complete":
             status["completionTime"] = "2026-01-01T00:05:00Z"
     return {"spec": {"suspend": suspend}, "status": status}
@@ -64,16 +79,20 @@ def test_success_publishes_outputs_and_completion_time() -> None:
 
 def test_failure_message_names_the_job_reason() -> None:
     status = compute_status(
-        DataPipelineStatus(), _job(cond="Failed", message="3 pods failed"),
-        generation=1, output_uri="/o", now=T0,
+        DataPipelineStatus(),
+        _job(cond="Failed", message="3 pods failed"),
+        generation=1,
+        output_uri="/o",
+        now=T0,
     )
     ready = next(c for c in status.conditions if c.type == "Ready")
     assert ready.message == "BackoffLimitExceeded: 3 pods failed"
     assert status.outputs is None
 
 
-JOBS = st.sampled_from([None, _job(), _job(active=1), _job(suspend=True), _job(cond="Complete"),
-                        _job(cond="Failed")])
+JOBS = st.sampled_from(
+    [None, _job(), _job(active=1), _job(suspend=True), _job(cond="Complete"), _job(cond="Failed")]
+)
 
 
 @given(first=JOBS, second=JOBS, minutes=st.integers(min_value=1, max_value=10_000))

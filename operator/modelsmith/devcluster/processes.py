@@ -71,6 +71,8 @@ def stop(proc: Running, timeout: float = 15.0) -> None:
     """SIGTERM the process group, then SIGKILL what is left after ``timeout``."""
     if not is_alive(proc):
         return
+    with contextlib.suppress(OSError), Path(proc.log).open("a") as log:
+        log.write(f"--- modelsmith: stopping {proc.name} (pid {proc.pid}) with SIGTERM\n")
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

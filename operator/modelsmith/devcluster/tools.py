@@ -10,6 +10,7 @@ and a hash of its recipe, so a fresh clone reuses them and a changed recipe rebu
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -157,6 +158,16 @@ def build(tool: GoTool, *, log: bool = True) -> Path:
     target = tool_dir(tool)
     if is_built(tool):
         return target
+    lock_path = cache_root() / "build" / f"{tool.cache_key()}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent `up` waits for this build
+        if is_built(tool):
+            return target
+        return _build_locked(tool, target, log=log)
+
+
+def _build_locked(tool: GoTool, target: Path, *, log: bool) -> Path:
     go = find_go()
     work = cache_root() / "build" / tool.cache_key()
     shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The main job: bring the local control plane up, install the CRDs, run the operator
+# against it, take the sample manifests through their lifecycle and show the result.
+# The cluster is left running for you to explore; `modelsmith dev down` stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash hack/bootstrap.sh
+. .venv/bin/activate
+
+ns=modelsmith-demo
+modelsmith dev up
+eval "$(modelsmith dev env)"
+
+echo "== installing the CRDs"
+kubectl apply --server-side -f crds/
+kubectl wait --for=condition=Established --timeout=60s crd -l app.kubernetes.io/part-of=modelsmith
+kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+
+echo "== a manifest the API server refuses (workers: 0)"
+if kubectl apply -n "$ns" -f samples/invalid-datapipeline.yaml; then
+  echo "expected the invalid manifest to be rejected" >&2; exit 1
+fi
+
+log=$(mktemp -t modelsmith-operator.XXXXXX.log)
+echo "== starting the operator (log: $log)"
+modelsmith run --namespace "$ns" >"$log" 2>&1 &
+operator=$!
+trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null || true' EXIT
+
+echo "== applying samples/datapipeline.yaml"
+kubectl delete -n "$ns" -f samples/datapipeline.yaml --ignore-not-found --wait >/dev/null
+kubectl apply -n "$ns" -f samples/datapipeline.yaml
+if ! kubectl wait -n "$ns" --for=condition=Succeeded --timeout=120s datapipeline/tiny-corpus; then
+  echo "the sample did not succeed; operator log:" >&2; tail -50 "$log" >&2; exit 1
+fi
+
+echo "== result"
+kubectl get modelsmith -n "$ns" -o wide
+kubectl get jobs,pods -n "$ns" -o wide
+kubectl get datapipeline tiny-corpus -n "$ns" -o jsonpath='{.status}' | python3 -m json.tool
+echo
+echo "The cluster is still running:  eval \"\$(.venv/bin/modelsmith dev env)\"; kubectl get nodes"
+echo "Stop it with:                  .venv/bin/modelsmith dev down"

@@ -1,0 +1,103 @@
+"""`modelsmith dev up/status/down` on a second, private cluster.
+
+It runs beside the session's cluster on its own ports and home, so these tests can
+stop it, break it and restart it without disturbing the other tests.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelsmith.devcluster.cluster import DevCluster, Ports
+from modelsmith.devcluster.errors import DevClusterError
+from modelsmith.devcluster.processes import is_alive, port_in_use, stop
+
+pytestmark = pytest.mark.integration
+
+PRIVATE_PORT_BASE = 16540
+
+
+@pytest.fixture
+def private(tmp_path: Path, dev_cluster: DevCluster) -> Iterator[DevCluster]:
+    cluster = DevCluster(tmp_path / "dev", Ports.from_base(PRIVATE_PORT_BASE), timeout=90)
+    yield cluster
+    cluster.down(log=lambda _m: None)
+
+
+def _ports(cluster: DevCluster) -> list[int]:
+    return list(cluster.ports.by_component().values())
+
+
+def test_up_is_idempotent_and_down_leaves_nothing_behind(private: DevCluster) -> None:
+    assert private.up(log=lambda _m: None) is True
+    first = private.state.load()
+    assert {p.name for p in first} == {
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    }
+    assert private.status().running
+
+    assert private.up(log=lambda _m: None) is False, "a second up must reuse the cluster"
+    assert [p.pid for p in private.state.load()] == [p.pid for p in first]
+
+    stopped = private.down(log=lambda _m: None)
+    assert sorted(stopped) == sorted(p.name for p in first)
+    assert not any(is_alive(p) for p in first)
+    assert not any(port_in_use(port) for port in _ports(private))
+    assert private.status().components == []
+    assert not private.kubeconfig.exists()
+
+
+def test_up_restarts_a_cluster_that_lost_a_component(private: DevCluster) -> None:
+    private.up(log=lambda _m: None)
+    scheduler = next(p for p in private.state.load() if p.name == "kube-scheduler")
+
+    stop(scheduler)
+    status = private.status()
+    assert not status.running
+    assert not status.stopped
+    messages: list[str] = []
+    assert private.up(log=messages.append) is True
+    assert any("partly running" in m for m in messages)
+    assert private.status().running
+
+
+def test_taken_port_fails_up_before_anything_starts(private: DevCluster) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", private.ports.etcd))
+        sock.listen()
+        with pytest.raises(DevClusterError, match=rf"{private.ports.etcd} \(etcd\)"):
+            private.up(log=lambda _m: None)
+    assert private.state.load() == []
+
+
+class _ApiServerWithoutEtcd(DevCluster):
+    """Points the API server at a closed port, so it never becomes ready."""
+
+    def _components(self):  # type: ignore[no-untyped-def]
+        components = super()._components()
+        for _name, argv, _port, _check in components:
+            for i, arg in enumerate(argv):
+                if arg.startswith("--etcd-servers="):
+                    argv[i] = "--etcd-servers=http://127.0.0.1:1"
+        return components
+
+
+def test_unhealthy_api_server_times_out_with_a_clear_error(
+    tmp_path: Path, dev_cluster: DevCluster
+) -> None:
+    broken = _ApiServerWithoutEtcd(tmp_path / "dev", Ports.from_base(PRIVATE_PORT_BASE), timeout=5)
+    try:
+        with pytest.raises(DevClusterError, match="timed out after 5s waiting for kube-apiserver"):
+            broken.up(log=lambda _m: None)
+    finally:
+        broken.down(log=lambda _m: None)
+    assert broken.state.load() == []
+    assert not any(port_in_use(port) for port in _ports(broken))
