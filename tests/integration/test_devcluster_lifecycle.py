@@ -18,12 +18,15 @@ from modelsmith.devcluster.processes import is_alive, port_in_use, stop
 
 pytestmark = pytest.mark.integration
 
-PRIVATE_PORT_BASE = 16540
+
+def _private_ports(session: DevCluster) -> Ports:
+    """Next to the session cluster's ports, so concurrent runs with other bases don't meet."""
+    return Ports.from_base(session.ports.etcd + 100)
 
 
 @pytest.fixture
 def private(tmp_path: Path, dev_cluster: DevCluster) -> Iterator[DevCluster]:
-    cluster = DevCluster(tmp_path / "dev", Ports.from_base(PRIVATE_PORT_BASE), timeout=90)
+    cluster = DevCluster(tmp_path / "dev", _private_ports(dev_cluster), timeout=90)
     yield cluster
     cluster.down(log=lambda _m: None)
 
@@ -93,7 +96,7 @@ class _ApiServerWithoutEtcd(DevCluster):
 def test_unhealthy_api_server_times_out_with_a_clear_error(
     tmp_path: Path, dev_cluster: DevCluster
 ) -> None:
-    broken = _ApiServerWithoutEtcd(tmp_path / "dev", Ports.from_base(PRIVATE_PORT_BASE), timeout=5)
+    broken = _ApiServerWithoutEtcd(tmp_path / "dev", _private_ports(dev_cluster), timeout=5)
     try:
         with pytest.raises(DevClusterError, match="timed out after 5s waiting for kube-apiserver"):
             broken.up(log=lambda _m: None)

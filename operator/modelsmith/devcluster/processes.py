@@ -41,17 +41,16 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def is_alive(proc: Running) -> bool:
+    """True while ``proc.pid`` still runs the binary we started (not a recycled pid).
+
+    /proc/<pid>/exe, not cmdline: cmdline reads as empty while a freshly exec'd process
+    is still faulting its memory in, which made a starting etcd look dead.
+    """
     try:
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        exe = str(Path(f"/proc/{proc.pid}/exe").readlink())
     except OSError:
-        return False
-    if not cmdline.startswith(proc.argv[0].encode() + b"\0"):
-        return False
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            return False
-    return True
+        return False  # gone, a zombie (no exe), or not ours to inspect
+    return exe.removesuffix(" (deleted)") == os.path.realpath(proc.argv[0])
 
 
 def start(name: str, argv: list[str], port: int, log: Path) -> Running:
