@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field
 
 from modelsmith.api.meta import CamelModel, Condition, KindInfo
 
 URI_PATTERN = r"^(file://|s3://|gs://|pvc://|/).+"
+Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=2048)]
+"""A storage location: a mounted path, file://, s3://, gs:// or pvc://."""
 
 
 class SourceFormat(StrEnum):
@@ -33,11 +36,9 @@ class Phase(StrEnum):
 class DataSource(CamelModel):
     """One raw corpus and its share of the mixture."""
 
-    uri: str = Field(
+    uri: Uri = Field(
         description="Where the raw documents are: a path on a mounted volume, file://, "
-        "s3:// or gs://.",
-        pattern=URI_PATTERN,
-        max_length=2048,
+        "s3:// or gs://."
     )
     format: SourceFormat = Field(description="How the documents are stored.")
     weight: float = Field(
@@ -51,11 +52,9 @@ class DataSource(CamelModel):
 class Output(CamelModel):
     """Where the pipeline publishes its shards."""
 
-    uri: str = Field(
+    uri: Uri = Field(
         description="Where the tokenized shards are published. Immutable: changing it would "
-        "orphan what was already written.",
-        pattern=URI_PATTERN,
-        max_length=2048,
+        "orphan what was already written."
     )
 
 

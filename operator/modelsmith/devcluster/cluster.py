@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import yaml
@@ -90,24 +90,18 @@ class ClusterStatus:
         return not any(c.running for c in self.components)
 
 
-def _env_int(name: str, default: int) -> int:
+_Number = TypeVar("_Number", int, float)
+
+
+def _env_number(name: str, default: _Number, kind: type[_Number]) -> _Number:
     raw = os.environ.get(name)
     if not raw:
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
-        raise DevClusterError(f"{name}={raw!r} is not an integer") from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise DevClusterError(f"{name}={raw!r} is not a number") from None
+        expected = "an integer" if kind is int else "a number"
+        raise DevClusterError(f"{name}={raw!r} is not {expected}") from None
 
 
 def default_home() -> Path:
@@ -132,8 +126,8 @@ class DevCluster:
         """Configured by MODELSMITH_DEV_HOME, MODELSMITH_DEV_PORT_BASE, MODELSMITH_DEV_TIMEOUT."""
         return cls(
             default_home(),
-            Ports.from_base(_env_int("MODELSMITH_DEV_PORT_BASE", DEFAULT_PORT_BASE)),
-            _env_float("MODELSMITH_DEV_TIMEOUT", DEFAULT_TIMEOUT),
+            Ports.from_base(_env_number("MODELSMITH_DEV_PORT_BASE", DEFAULT_PORT_BASE, int)),
+            _env_number("MODELSMITH_DEV_TIMEOUT", DEFAULT_TIMEOUT, float),
         )
 
     @property
