@@ -262,3 +262,28 @@ def test_rbac_refuses_what_the_role_does_not_allow(core: client.CoreV1Api, names
     with pytest.raises(ApiException) as other_ns:
         as_reader.list_namespaced_pod("default")
     assert other_ns.value.status == 403
+
+
+@pytest.mark.parametrize(("exit_code", "phase"), [("0", "Succeeded"), ("3", "Failed")])
+def test_fake_kubelet_reports_exit_code_and_termination_message(
+    core: client.CoreV1Api, namespace: str, exit_code: str, phase: str
+) -> None:
+    """What the operator reads from real workloads, kwok can play back on demand."""
+    job = _gpu_job("result", 1)
+    job.spec.template.metadata = client.V1ObjectMeta(
+        annotations={
+            "kwok.modelsmith.io/exit-code": exit_code,
+            "kwok.modelsmith.io/termination-message": '{"loss": 2.5}',
+        }
+    )
+    client.BatchV1Api().create_namespaced_job(namespace, job)
+
+    def finished() -> client.V1Pod | None:
+        pods = core.list_namespaced_pod(namespace, label_selector="job-name=result").items
+        return next((p for p in pods if p.status.phase in ("Succeeded", "Failed")), None)
+
+    pod = wait_for(finished, timeout=60, what="the pod to finish")
+    assert pod.status.phase == phase
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == int(exit_code)
+    assert json.loads(terminated.message) == {"loss": 2.5}
