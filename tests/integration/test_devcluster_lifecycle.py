@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from modelsmith.devcluster.cluster import DevCluster, Ports
+from modelsmith.devcluster.cluster import DevCluster
+from modelsmith.devcluster.components import Component, Ports
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.processes import is_alive, port_in_use, stop
 
@@ -84,13 +85,14 @@ def test_taken_port_fails_up_before_anything_starts(private: DevCluster) -> None
 class _ApiServerWithoutEtcd(DevCluster):
     """Points the API server at a closed port, so it never becomes ready."""
 
-    def _components(self):  # type: ignore[no-untyped-def]
-        components = super()._components()
-        for _name, argv, _port, _check in components:
-            for i, arg in enumerate(argv):
-                if arg.startswith("--etcd-servers="):
-                    argv[i] = "--etcd-servers=http://127.0.0.1:1"
-        return components
+    def _components(self) -> list[Component]:
+        found = super()._components()
+        for component in found:
+            component.argv[:] = [
+                "--etcd-servers=http://127.0.0.1:1" if a.startswith("--etcd-servers=") else a
+                for a in component.argv
+            ]
+        return found
 
 
 def test_unhealthy_api_server_times_out_with_a_clear_error(

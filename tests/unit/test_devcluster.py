@@ -10,9 +10,11 @@ import pytest
 
 from modelsmith.cli import main
 from modelsmith.devcluster import tools
-from modelsmith.devcluster.cluster import DevCluster, Ports
+from modelsmith.devcluster.cluster import DevCluster
+from modelsmith.devcluster.components import Ports, components
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.nodes import DEFAULT_NODES, GPU_RESOURCE, node_manifest
+from modelsmith.devcluster.pki import PKIPaths
 from modelsmith.devcluster.processes import port_in_use
 
 
@@ -127,3 +129,36 @@ def test_wrapper_modules_pin_the_declared_versions(tool: tools.GoTool, module: s
     if tool is tools.KUBERNETES:
         minor = tool.version.split(".")[1]
         assert f"k8s.io/client-go => k8s.io/client-go v0.{minor}." in gomod
+
+
+def test_every_component_listens_on_loopback_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for tool in tools.ALL_TOOLS:
+        for name in tool.packages:
+            fake = tmp_path / "cache" / "tools" / tool.cache_key() / name
+            fake.parent.mkdir(parents=True, exist_ok=True)
+            fake.touch()
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    ports = Ports.from_base(20000)
+    found = components(tmp_path, ports, PKIPaths(tmp_path / "pki"), tmp_path / "kubeconfig")
+    assert [c.name for c in found] == [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    ]
+    assert sorted(c.port for c in found) == sorted(
+        p for n, p in ports.by_component().items() if n != "etcd (peer)"
+    )
+    for component in found:
+        assert "://127.0.0.1:" in component.health_url
+        for arg in component.argv:
+            if ("://" in arg and "-url" in arg) or arg.startswith(
+                ("--bind-address", "--server-address")
+            ):
+                assert "127.0.0.1" in arg, f"{component.name}: {arg}"
+    apiserver = next(c for c in found if c.name == "kube-apiserver")
+    assert "--authorization-mode=Node,RBAC" in apiserver.argv
+    assert apiserver.authenticated

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import yaml
 
 from modelsmith.devcluster import pki, tools
+from modelsmith.devcluster.components import Component, Ports, components
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.nodes import DEFAULT_NODES, node_manifest
 from modelsmith.devcluster.processes import (
@@ -40,30 +41,6 @@ from modelsmith.devcluster.processes import (
 DEFAULT_PORT_BASE = 16440
 DEFAULT_TIMEOUT = 90.0
 CLUSTER_NAME = "modelsmith-dev"
-
-
-@dataclass(frozen=True)
-class Ports:
-    etcd: int
-    etcd_peer: int
-    apiserver: int
-    controller_manager: int
-    scheduler: int
-    kwok: int
-
-    @classmethod
-    def from_base(cls, base: int) -> Ports:
-        return cls(base, base + 1, base + 3, base + 4, base + 5, base + 6)
-
-    def by_component(self) -> dict[str, int]:
-        return {
-            "etcd": self.etcd,
-            "etcd (peer)": self.etcd_peer,
-            "kube-apiserver": self.apiserver,
-            "kube-controller-manager": self.controller_manager,
-            "kube-scheduler": self.scheduler,
-            "kwok": self.kwok,
-        }
 
 
 @dataclass(frozen=True)
@@ -174,12 +151,17 @@ class DevCluster:
         self._prepare_home()
         started: list[Running] = []
         try:
-            for name, argv, port, check in self._components():
-                log(f"starting {name} on 127.0.0.1:{port}")
-                proc = start(name, argv, port, self.home / "logs" / f"{name}.log")
+            for component in self._components():
+                log(f"starting {component.name} on 127.0.0.1:{component.port}")
+                proc = start(
+                    component.name,
+                    component.argv,
+                    component.port,
+                    self.home / "logs" / f"{component.name}.log",
+                )
                 started.append(proc)
                 self.state.save(started)
-                self._wait_healthy(proc, check)
+                self._wait_healthy(proc, component)
             self._register_nodes()
             self._wait_until(self._nodes_ready, "the kwok nodes to become Ready", started[-1])
             self._wait_until(
@@ -255,124 +237,27 @@ class DevCluster:
         tmp.chmod(0o600)
         tmp.replace(self.kubeconfig)
 
-    def _components(self) -> list[tuple[str, list[str], int, Callable[[], bool]]]:
-        p, k, home = self.ports, self._pki, self.home
-        kubeconfig = str(self.kubeconfig)
-        etcd_url = f"http://127.0.0.1:{p.etcd}"
-        peer_url = f"http://127.0.0.1:{p.etcd_peer}"
-        k8s = tools.KUBERNETES
-        return [
-            (
-                "etcd",
-                [
-                    str(tools.binary(tools.ETCD, "etcd")),
-                    "--name=dev",
-                    f"--data-dir={home / 'etcd'}",
-                    f"--listen-client-urls={etcd_url}",
-                    f"--advertise-client-urls={etcd_url}",
-                    f"--listen-peer-urls={peer_url}",
-                    f"--initial-advertise-peer-urls={peer_url}",
-                    f"--initial-cluster=dev={peer_url}",
-                    "--unsafe-no-fsync",
-                    "--log-level=warn",
-                ],
-                p.etcd,
-                lambda: self._http_ok(f"{etcd_url}/health"),
-            ),
-            (
-                "kube-apiserver",
-                [
-                    str(tools.binary(k8s, "kube-apiserver")),
-                    f"--etcd-servers={etcd_url}",
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
-                    f"--secure-port={p.apiserver}",
-                    f"--tls-cert-file={k.apiserver_cert}",
-                    f"--tls-private-key-file={k.apiserver_key}",
-                    f"--client-ca-file={k.ca_cert}",
-                    "--authorization-mode=Node,RBAC",
-                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                    f"--service-account-key-file={k.sa_pub}",
-                    f"--service-account-signing-key-file={k.sa_key}",
-                    f"--service-cluster-ip-range={pki.SERVICE_CLUSTER_IP_RANGE}",
-                    "--enable-admission-plugins=ExtendedResourceToleration",
-                    "--allow-privileged=true",
-                    "--profiling=false",
-                    "--v=1",
-                ],
-                p.apiserver,
-                self._apiserver_ready,
-            ),
-            (
-                "kube-controller-manager",
-                [
-                    str(tools.binary(k8s, "kube-controller-manager")),
-                    f"--kubeconfig={kubeconfig}",
-                    f"--authentication-kubeconfig={kubeconfig}",
-                    f"--authorization-kubeconfig={kubeconfig}",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={p.controller_manager}",
-                    "--leader-elect=false",
-                    f"--root-ca-file={k.ca_cert}",
-                    f"--service-account-private-key-file={k.sa_key}",
-                    "--use-service-account-credentials=false",
-                    "--profiling=false",
-                    "--v=1",
-                ],
-                p.controller_manager,
-                lambda: self._http_ok(f"https://127.0.0.1:{p.controller_manager}/healthz"),
-            ),
-            (
-                "kube-scheduler",
-                [
-                    str(tools.binary(k8s, "kube-scheduler")),
-                    f"--kubeconfig={kubeconfig}",
-                    f"--authentication-kubeconfig={kubeconfig}",
-                    f"--authorization-kubeconfig={kubeconfig}",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={p.scheduler}",
-                    "--leader-elect=false",
-                    "--profiling=false",
-                    "--v=1",
-                ],
-                p.scheduler,
-                lambda: self._http_ok(f"https://127.0.0.1:{p.scheduler}/healthz"),
-            ),
-            (
-                "kwok",
-                [
-                    str(tools.binary(tools.KWOK, "kwok")),
-                    f"--kubeconfig={kubeconfig}",
-                    f"--config={home / 'kwok-stages.yaml'}",
-                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                    f"--server-address=127.0.0.1:{p.kwok}",
-                    "--node-ip=10.0.0.1",
-                    "--cidr=10.244.0.0/16",
-                ],
-                p.kwok,
-                lambda: self._http_ok(f"http://127.0.0.1:{p.kwok}/healthz"),
-            ),
-        ]
+    def _components(self) -> list[Component]:
+        return components(self.home, self.ports, self._pki, self.kubeconfig)
 
     # -- health -------------------------------------------------------------------------
 
-    def _http_ok(self, url: str, **kwargs: Any) -> bool:
+    def _healthy(self, component: Component) -> bool:
+        verify: ssl.SSLContext | bool = False  # self-signed serving certs of kcm/scheduler
+        if component.authenticated:
+            certs = self._pki
+            if not certs.ca_cert.exists():
+                return False
+            verify = ssl.create_default_context(cafile=str(certs.ca_cert))
+            verify.load_cert_chain(str(certs.admin_cert), str(certs.admin_key))
         try:
-            resp = httpx.get(url, timeout=2.0, verify=kwargs.pop("verify", False), **kwargs)
+            resp = httpx.get(component.health_url, timeout=2.0, verify=verify)
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
 
-    def _apiserver_ready(self) -> bool:
-        k = self._pki
-        if not k.ca_cert.exists():
-            return False
-        ctx = ssl.create_default_context(cafile=str(k.ca_cert))
-        ctx.load_cert_chain(str(k.admin_cert), str(k.admin_key))
-        return self._http_ok(f"{self.server}/readyz", verify=ctx)
-
-    def _wait_healthy(self, proc: Running, check: Callable[[], bool]) -> None:
-        self._wait_until(check, f"{proc.name} to become healthy", proc)
+    def _wait_healthy(self, proc: Running, component: Component) -> None:
+        self._wait_until(lambda: self._healthy(component), f"{proc.name} to become healthy", proc)
 
     def _wait_until(self, check: Callable[[], bool], what: str, proc: Running) -> None:
         """Poll ``check``; fail fast if ``proc`` dies, fail clearly on the deadline."""
@@ -418,24 +303,24 @@ class DevCluster:
 
     def status(self) -> ClusterStatus:
         procs = self.state.load()
-        checks = {name: check for name, _argv, _port, check in self._components_or_empty()}
+        by_name = {c.name: c for c in self._components_or_empty()}
         components = []
         for proc in procs:
             alive = is_alive(proc)
-            check = checks.get(proc.name)
+            component = by_name.get(proc.name)
             components.append(
                 ComponentStatus(
                     name=proc.name,
                     pid=proc.pid,
                     port=proc.port,
                     running=alive,
-                    healthy=alive and check is not None and check(),
+                    healthy=alive and component is not None and self._healthy(component),
                 )
             )
         return ClusterStatus(home=self.home, components=components, server=self.server)
 
-    def _components_or_empty(self) -> list[tuple[str, list[str], int, Callable[[], bool]]]:
-        """Health checks need the binaries' paths only to rebuild argv; skip if unbuilt."""
+    def _components_or_empty(self) -> list[Component]:
+        """Health checks rebuild argv, which needs built binaries; none built, none known."""
         try:
             return self._components()
         except DevClusterError:

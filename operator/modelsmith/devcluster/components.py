@@ -1,0 +1,146 @@
+"""The control plane's processes and their flags, as data: pure, so a test can read them.
+
+The flag set follows what envtest and kwokctl's binary runtime run: every listener on
+127.0.0.1, TLS with client certificates, `Node,RBAC` authorization, service-account
+tokens signed by our own key, no leader election (one replica each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelsmith.devcluster import pki, tools
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @classmethod
+    def from_base(cls, base: int) -> Ports:
+        return cls(base, base + 1, base + 3, base + 4, base + 5, base + 6)
+
+    def by_component(self) -> dict[str, int]:
+        return {
+            "etcd": self.etcd,
+            "etcd (peer)": self.etcd_peer,
+            "kube-apiserver": self.apiserver,
+            "kube-controller-manager": self.controller_manager,
+            "kube-scheduler": self.scheduler,
+            "kwok": self.kwok,
+        }
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    argv: list[str]
+    port: int
+    health_url: str
+    authenticated: bool = False
+    """Health is checked as the admin user (the API server wants a client certificate)."""
+
+
+def components(home: Path, ports: Ports, certs: pki.PKIPaths, kubeconfig: Path) -> list[Component]:
+    """The processes of one cluster, in start order (each needs the ones before it)."""
+    p = ports
+    etcd_url = f"http://{LOOPBACK}:{p.etcd}"
+    peer_url = f"http://{LOOPBACK}:{p.etcd_peer}"
+    k8s = tools.KUBERNETES
+    kubeconfigs = [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+    ]
+    common = [f"--bind-address={LOOPBACK}", "--leader-elect=false", "--profiling=false", "--v=1"]
+    return [
+        Component(
+            "etcd",
+            [
+                str(tools.binary(tools.ETCD, "etcd")),
+                "--name=dev",
+                f"--data-dir={home / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=dev={peer_url}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            p.etcd,
+            f"{etcd_url}/health",
+        ),
+        Component(
+            "kube-apiserver",
+            [
+                str(tools.binary(k8s, "kube-apiserver")),
+                f"--etcd-servers={etcd_url}",
+                f"--bind-address={LOOPBACK}",
+                f"--advertise-address={LOOPBACK}",
+                f"--secure-port={p.apiserver}",
+                f"--tls-cert-file={certs.apiserver_cert}",
+                f"--tls-private-key-file={certs.apiserver_key}",
+                f"--client-ca-file={certs.ca_cert}",
+                "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={certs.sa_pub}",
+                f"--service-account-signing-key-file={certs.sa_key}",
+                f"--service-cluster-ip-range={pki.SERVICE_CLUSTER_IP_RANGE}",
+                "--enable-admission-plugins=ExtendedResourceToleration",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+            p.apiserver,
+            f"https://{LOOPBACK}:{p.apiserver}/readyz",
+            authenticated=True,
+        ),
+        Component(
+            "kube-controller-manager",
+            [
+                str(tools.binary(k8s, "kube-controller-manager")),
+                *kubeconfigs,
+                f"--secure-port={p.controller_manager}",
+                f"--root-ca-file={certs.ca_cert}",
+                f"--service-account-private-key-file={certs.sa_key}",
+                "--use-service-account-credentials=false",
+                *common,
+            ],
+            p.controller_manager,
+            f"https://{LOOPBACK}:{p.controller_manager}/healthz",
+        ),
+        Component(
+            "kube-scheduler",
+            [
+                str(tools.binary(k8s, "kube-scheduler")),
+                *kubeconfigs,
+                f"--secure-port={p.scheduler}",
+                *common,
+            ],
+            p.scheduler,
+            f"https://{LOOPBACK}:{p.scheduler}/healthz",
+        ),
+        Component(
+            "kwok",
+            [
+                str(tools.binary(tools.KWOK, "kwok")),
+                f"--kubeconfig={kubeconfig}",
+                f"--config={home / 'kwok-stages.yaml'}",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                f"--server-address={LOOPBACK}:{p.kwok}",
+                "--node-ip=10.0.0.1",
+                "--cidr=10.244.0.0/16",
+            ],
+            p.kwok,
+            f"http://{LOOPBACK}:{p.kwok}/healthz",
+        ),
+    ]
