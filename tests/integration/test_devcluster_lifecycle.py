@@ -106,3 +106,31 @@ def test_unhealthy_api_server_times_out_with_a_clear_error(
         broken.down(log=lambda _m: None)
     assert broken.state.load() == []
     assert not any(port_in_use(port) for port in _ports(broken))
+
+
+def test_up_restarts_a_cluster_started_with_other_flags(
+    tmp_path: Path, dev_cluster: DevCluster
+) -> None:
+    home, ports = tmp_path / "dev", _private_ports(dev_cluster)
+    old = _VerboseScheduler(home, ports, timeout=90)
+    try:
+        old.up(log=lambda _m: None)
+        messages: list[str] = []
+        current = DevCluster(home, ports, timeout=90)
+        assert current.up(log=messages.append) is True
+        assert any("other binaries or flags" in m for m in messages)
+        scheduler = next(p for p in current.state.load() if p.name == "kube-scheduler")
+        assert "--v=4" not in scheduler.argv
+    finally:
+        DevCluster(home, ports).down(log=lambda _m: None)
+
+
+class _VerboseScheduler(DevCluster):
+    """An older checkout's cluster: same binaries, one flag different."""
+
+    def _components(self) -> list[Component]:
+        found = super()._components()
+        for component in found:
+            if component.name == "kube-scheduler":
+                component.argv.append("--v=4")
+        return found

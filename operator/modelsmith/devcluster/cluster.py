@@ -141,10 +141,13 @@ class DevCluster:
             tools.build(tool)
         self._link_binaries()
         current = self.status()
-        if current.running:
+        same = [p.argv for p in self.state.load()] == [c.argv for c in self._components()]
+        if current.running and same:
             log(f"dev cluster already running at {self.server} (home {self.home}); reusing it")
             return False
-        if not current.stopped:
+        if current.running:
+            log("dev cluster runs other binaries or flags than this checkout's; restarting it")
+        elif not current.stopped:
             log("dev cluster is partly running; stopping what is left and starting afresh")
         self.down(log=lambda _msg: None)
         self._check_ports_free()
