@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from modelsmith import crdgen
+from modelsmith.api import KINDS
 from modelsmith.devcluster.cluster import DevCluster
 
 pytestmark = pytest.mark.integration
@@ -29,6 +31,18 @@ def dev_cluster() -> Iterator[DevCluster]:
     yield cluster
     if started and not os.environ.get("MODELSMITH_KEEP_CLUSTER"):
         cluster.down()
+
+
+@pytest.fixture(scope="session")
+def crds(dev_cluster: DevCluster) -> list[str]:
+    """Our CRDs, installed from the models (as `kubectl apply -f crds/` would) and Established."""
+    for info in KINDS:
+        dev_cluster.kubectl("apply", "--server-side", "-f", "-", stdin=crdgen.render(info))
+    names = [info.crd_name for info in KINDS]
+    dev_cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", *[f"crd/{n}" for n in names]
+    )
+    return names
 
 
 @pytest.fixture(scope="session")

@@ -66,8 +66,9 @@ def test_values_schema_rejects_unknown_keys(dev_cluster: DevCluster) -> None:
 
 
 def test_chart_installs_and_its_rbac_is_what_the_operator_needs(
-    dev_cluster: DevCluster, namespace: str
+    dev_cluster: DevCluster, crds: list[str], namespace: str
 ) -> None:
+    """CRDs come from the session (crds.enabled=false): can-i needs them to resolve names."""
     helm(
         dev_cluster,
         "install",

@@ -10,9 +10,6 @@ import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client
 
-from modelsmith import crdgen
-from modelsmith.api import KINDS
-from modelsmith.devcluster.cluster import DevCluster
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -20,17 +17,8 @@ pytestmark = pytest.mark.integration
 GROUP_ARGS = ("modelsmith.io", "v1alpha1")
 
 
-@pytest.fixture(scope="module")
-def crds_installed(dev_cluster: DevCluster) -> None:
-    for info in KINDS:
-        dev_cluster.kubectl("apply", "--server-side", "-f", "-", stdin=crdgen.render(info))
-        dev_cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=30s", f"crd/{info.crd_name}"
-        )
-
-
 @pytest.fixture
-def operator(crds_installed: None, namespace: str) -> Iterator[KopfRunner]:
+def operator(crds: list[str], namespace: str) -> Iterator[KopfRunner]:
     kopf_args = ["run", "--standalone", "--namespace", namespace, "-m", "modelsmith.kopf_entry"]
     with KopfRunner(kopf_args, timeout=60) as runner:
         yield runner

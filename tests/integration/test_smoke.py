@@ -17,8 +17,6 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelsmith import crdgen
-from modelsmith.api import DATAPIPELINE
 from modelsmith.devcluster import tools
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.nodes import GPU_PRODUCT, GPU_RESOURCE
@@ -54,15 +52,6 @@ def test_fake_nodes_look_like_a_gpu_pool(core: client.CoreV1Api) -> None:
         assert ready == "True", node.metadata.name
 
 
-@pytest.fixture(scope="module")
-def datapipeline_crd(dev_cluster: DevCluster) -> str:
-    dev_cluster.kubectl("apply", "--server-side", "-f", "-", stdin=crdgen.render(DATAPIPELINE))
-    dev_cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", f"crd/{DATAPIPELINE.crd_name}"
-    )
-    return DATAPIPELINE.crd_name
-
-
 def _pipeline(name: str, **spec: object) -> dict[str, object]:
     base: dict[str, object] = {
         "sources": [{"uri": "/data/raw.jsonl", "format": "jsonl"}],
@@ -90,7 +79,7 @@ def _kubectl_apply(
 
 
 def test_server_rejects_a_cr_that_violates_the_schema(
-    dev_cluster: DevCluster, datapipeline_crd: str, namespace: str
+    dev_cluster: DevCluster, crds: list[str], namespace: str
 ) -> None:
     bad = _kubectl_apply(dev_cluster, namespace, _pipeline("bad", workers=0))
     assert bad.returncode != 0
@@ -112,7 +101,7 @@ def test_server_rejects_a_cr_that_violates_the_schema(
 
 
 def test_cel_rule_keeps_the_output_immutable(
-    dev_cluster: DevCluster, datapipeline_crd: str, namespace: str
+    dev_cluster: DevCluster, crds: list[str], namespace: str
 ) -> None:
     assert _kubectl_apply(dev_cluster, namespace, _pipeline("p")).returncode == 0
     moved = _kubectl_apply(dev_cluster, namespace, _pipeline("p", output={"uri": "/elsewhere"}))
@@ -121,7 +110,7 @@ def test_cel_rule_keeps_the_output_immutable(
 
 
 def test_status_subresource_ignores_status_on_the_main_resource(
-    dev_cluster: DevCluster, datapipeline_crd: str, namespace: str
+    dev_cluster: DevCluster, crds: list[str], namespace: str
 ) -> None:
     api = client.CustomObjectsApi()
     args = ("modelsmith.io", "v1alpha1", namespace, "datapipelines")
