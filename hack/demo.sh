@@ -21,6 +21,10 @@ if kubectl apply -n "$ns" -f samples/invalid-datapipeline.yaml; then
   echo "expected the invalid manifest to be rejected" >&2; exit 1
 fi
 
+echo "== the rest of the chain (PretrainJob → FineTune → QuantizeJob → InferenceService): validated"
+echo "   by the API server (dry run); their reconcilers are not written yet"
+kubectl apply -n "$ns" --dry-run=server -f samples/chain.yaml
+
 log=$(mktemp -t modelsmith-operator.XXXXXX.log)
 echo "== starting the operator (log: $log)"
 modelsmith run --namespace "$ns" >"$log" 2>&1 &

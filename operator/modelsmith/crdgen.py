@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT / "crds"
 
 _DROP = {"title", "$defs"}
+_RULES = "x-kubernetes-validations"
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
@@ -32,7 +33,11 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     if "$ref" in node:
         target = _resolve(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
         extra = {k: _resolve(v, defs) for k, v in node.items() if k != "$ref"}
-        return {**target, **extra}
+        rules = [*target.get(_RULES, []), *extra.get(_RULES, [])]
+        merged = {**target, **extra}
+        if rules:  # the model's own rules and the field's (immutability) both apply
+            merged[_RULES] = rules
+        return merged
     return {k: _resolve(v, defs) for k, v in node.items()}
 
 

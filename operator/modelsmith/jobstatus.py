@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from modelsmith.api.datapipeline import DataPipelineStatus, Outputs, Phase
+from modelsmith.api.common import BatchStatus, Outputs, Phase
 from modelsmith.api.meta import ConditionStatus
 from modelsmith.conditions import Reason, set_condition
 
@@ -24,14 +24,14 @@ def _parse_time(raw: str | None) -> datetime | None:
 
 
 def compute_status(
-    current: DataPipelineStatus,
+    current: BatchStatus,
     job: dict[str, Any] | None,
     *,
     generation: int,
     output_uri: str,
     now: datetime,
-) -> DataPipelineStatus:
-    """The status a DataPipeline should have, given its Job as it is now."""
+) -> BatchStatus:
+    """The status a batch resource should have, given its Job as it is now."""
     conds = list(current.conditions)
 
     def put(type_: str, status: ConditionStatus, reason: Reason, message: str) -> None:
@@ -74,7 +74,7 @@ def compute_status(
         put("Ready", F, reason, f"{active} worker(s) running" if active else "waiting for pods")
         put("Progressing", T, reason, f"{job_status.get('succeeded', 0) or 0} worker(s) done")
 
-    return DataPipelineStatus(
+    return BatchStatus(
         observed_generation=generation,
         phase=phase,
         conditions=conds,

@@ -64,7 +64,7 @@ def test_datapipeline_runs_to_success(operator: KopfRunner, namespace: str) -> N
     assert conds["Ready"]["status"] == "True"
     assert conds["Succeeded"]["status"] == "True"
     assert status["observedGeneration"] == obj["metadata"]["generation"]
-    assert status["outputs"] == {"uri": "/data/shards"}
+    assert status["outputs"]["uri"] == "/data/shards"
     assert status["completionTime"]
 
     job = client.BatchV1Api().read_namespaced_job("corpus-data", namespace)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from modelsmith import crdgen
-from modelsmith.api import DATAPIPELINE, KINDS
+from modelsmith.api import DATAPIPELINE, KINDS, PRETRAINJOB
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -30,7 +30,8 @@ def test_generated_schema_is_structural(info: crdgen.KindInfo) -> None:
     for path, node in _walk(schema):
         assert "type" in node, f"{path} has no type"
         assert not ("properties" in node and "additionalProperties" in node), path
-        if path.count(".") >= 2:  # below spec/status: what kubectl explain shows
+        scalar_item = path.endswith("[]") and "properties" not in node
+        if path.count(".") >= 2 and not scalar_item:  # what kubectl explain shows
             assert node.get("description"), f"{path} has no description"
 
 
@@ -53,7 +54,7 @@ def test_pydantic_bounds_become_openapi_bounds() -> None:
     assert image["nullable"] is True
     assert "default" not in image
     rules = spec["properties"]["output"]["x-kubernetes-validations"]
-    assert rules[0]["message"] == "output.uri is immutable"
+    assert rules[0] == {"rule": "self == oldSelf", "message": "output is immutable"}
 
 
 def test_committed_crds_match_the_models() -> None:
@@ -76,3 +77,11 @@ def test_chart_template_wraps_the_same_crd() -> None:
     assert "helm.sh/resource-policy: keep" in text
     plain = crdgen.render(DATAPIPELINE).splitlines()
     assert all(line in text.splitlines() for line in plain)
+
+
+def test_field_rules_add_to_the_model_rules() -> None:
+    """architecture is immutable *and* keeps its own cross-field rules."""
+    spec = crdgen.openapi_schema(PRETRAINJOB.spec)
+    rules = [r["rule"] for r in spec["properties"]["architecture"]["x-kubernetes-validations"]]
+    assert "self == oldSelf" in rules
+    assert "self.hiddenSize % self.heads == 0" in rules

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelsmith.api.datapipeline import DataPipelineStatus, Phase
+from modelsmith.api.common import BatchStatus, Phase
 from modelsmith.jobstatus import compute_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -40,7 +40,7 @@ def _job(
     return {"spec": {"suspend": suspend}, "status": status}
 
 
-def _conds(status: DataPipelineStatus) -> dict[str, str]:
+def _conds(status: BatchStatus) -> dict[str, str]:
     return {c.type: c.status.value for c in status.conditions}
 
 
@@ -57,7 +57,7 @@ def _conds(status: DataPipelineStatus) -> dict[str, str]:
 def test_phase_and_conditions_follow_the_job(
     job: dict[str, Any] | None, phase: Phase, ready: str, extra: dict[str, str]
 ) -> None:
-    status = compute_status(DataPipelineStatus(), job, generation=3, output_uri="/o", now=T0)
+    status = compute_status(BatchStatus(), job, generation=3, output_uri="/o", now=T0)
     assert status.phase == phase
     conds = _conds(status)
     assert conds["Ready"] == ready
@@ -69,7 +69,7 @@ def test_phase_and_conditions_follow_the_job(
 
 def test_success_publishes_outputs_and_completion_time() -> None:
     status = compute_status(
-        DataPipelineStatus(), _job(cond="Complete"), generation=1, output_uri="s3://o", now=T0
+        BatchStatus(), _job(cond="Complete"), generation=1, output_uri="s3://o", now=T0
     )
     assert status.outputs is not None
     assert status.outputs.uri == "s3://o"
@@ -79,7 +79,7 @@ def test_success_publishes_outputs_and_completion_time() -> None:
 
 def test_failure_message_names_the_job_reason() -> None:
     status = compute_status(
-        DataPipelineStatus(),
+        BatchStatus(),
         _job(cond="Failed", message="3 pods failed"),
         generation=1,
         output_uri="/o",
@@ -99,7 +99,7 @@ JOBS = st.sampled_from(
 def test_transition_time_moves_only_when_a_condition_flips(
     first: dict[str, Any] | None, second: dict[str, Any] | None, minutes: int
 ) -> None:
-    before = compute_status(DataPipelineStatus(), first, generation=1, output_uri="/o", now=T0)
+    before = compute_status(BatchStatus(), first, generation=1, output_uri="/o", now=T0)
     later = T0 + timedelta(minutes=minutes)
     after = compute_status(before, second, generation=1, output_uri="/o", now=later)
     old = {c.type: c for c in before.conditions}

@@ -1,36 +1,34 @@
-"""DataPipeline: raw text in, cleaned and tokenized training shards out.
+"""DataPipeline: raw text in, cleaned, deduplicated, tokenized training shards out.
 
-This first cut carries what the operator needs to run the pipeline as a Job (sources,
-output, workers, resources); filters, dedup and tokenizer settings come with the full
-API (issue 3).
+The knobs follow datatrove's pipeline (readers, Gopher-style quality filters, MinHash
+dedup with a cross-shard reduce step, tokenization) so its users find what they know.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
 
-from modelsmith.api.meta import CamelModel, Condition, KindInfo
-
-URI_PATTERN = r"^(file://|s3://|gs://|pvc://|/).+"
-Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=2048)]
-"""A storage location: a mounted path, file://, s3://, gs:// or pvc://."""
+from modelsmith.api.common import (
+    BatchStatus,
+    Input,
+    Output,
+    Uri,
+    WorkloadSpec,
+    batch_columns,
+    cel,
+    defaulted,
+    immutable,
+)
+from modelsmith.api.meta import CamelModel, KindInfo
 
 
 class SourceFormat(StrEnum):
     JSONL = "jsonl"
     PARQUET = "parquet"
     TEXT = "text"
-
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
 
 
 class DataSource(CamelModel):
@@ -41,6 +39,9 @@ class DataSource(CamelModel):
         "s3:// or gs://."
     )
     format: SourceFormat = Field(description="How the documents are stored.")
+    text_field: str = Field(
+        default="text", max_length=256, description="jsonl/parquet: the field holding the text."
+    )
     weight: float = Field(
         default=1.0,
         gt=0,
@@ -49,75 +50,136 @@ class DataSource(CamelModel):
     )
 
 
-class Output(CamelModel):
-    """Where the pipeline publishes its shards."""
+class UnicodeForm(StrEnum):
+    NFC = "NFC"
+    NFKC = "NFKC"
+    NONE = "none"
 
-    uri: Uri = Field(
-        description="Where the tokenized shards are published. Immutable: changing it would "
-        "orphan what was already written."
+
+class Normalize(CamelModel):
+    """Text clean-up applied before any filter."""
+
+    unicode: UnicodeForm = Field(default=UnicodeForm.NFC, description="Unicode normal form.")
+    collapse_whitespace: bool = Field(default=True, description="Squeeze runs of whitespace.")
+
+
+class LengthFilter(CamelModel):
+    """Drop documents that are too short to teach anything or too long to be text."""
+
+    model_config = cel(
+        (
+            "!has(self.maxChars) || self.minChars < self.maxChars",
+            "filters.length.minChars must be below maxChars",
+        )
+    )
+
+    min_chars: int = Field(default=200, ge=0, description="Minimum characters.")
+    max_chars: int | None = Field(default=None, ge=1, description="Maximum characters.")
+
+
+class RepetitionFilter(CamelModel):
+    """Gopher-style repetition removal (MassiveText, Rae et al. 2021)."""
+
+    max_duplicate_line_fraction: float = Field(
+        default=0.3, ge=0, le=1, description="Drop if more of the lines are repeats."
+    )
+    max_top_ngram_fraction: float = Field(
+        default=0.2, ge=0, le=1, description="Drop if the top 2-gram covers more characters."
     )
 
 
-class Resources(CamelModel):
-    """Compute requested for each worker pod."""
+class PerplexityFilter(CamelModel):
+    """Drop documents a reference language model finds implausible."""
 
-    gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per worker.")
-    cpu: str = Field(
-        default="1",
-        pattern=r"^[0-9]+(\.[0-9]+)?m?$",
-        description="CPU per worker, as a Kubernetes quantity (e.g. 4 or 500m).",
+    reference_model: Input = Field(description="A small causal LM in the Hugging Face layout.")
+    max_perplexity: float = Field(gt=0, description="Drop documents above this perplexity.")
+
+
+class Filters(CamelModel):
+    """Quality filters, applied in this order; per-filter stats land in the report."""
+
+    length: LengthFilter = defaulted(LengthFilter, "Length bounds.")
+    repetition: RepetitionFilter | None = defaulted(
+        RepetitionFilter, "Repetition removal; null disables it."
     )
-    memory: str = Field(
-        default="2Gi",
-        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$",
-        description="Memory per worker, as a Kubernetes quantity (e.g. 16Gi).",
+    blocklist: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list, max_length=1024, description="Regexes; a match drops the document."
+    )
+    perplexity: PerplexityFilter | None = Field(
+        default=None, description="Perplexity filter with a reference model."
     )
 
 
-class DataPipelineSpec(CamelModel):
+class NearDedupMethod(StrEnum):
+    MINHASH = "minhash"
+    SIMHASH = "simhash"
+    NONE = "none"
+
+
+class Dedup(CamelModel):
+    """Exact and near-duplicate removal, across all workers' shards."""
+
+    exact: bool = Field(default=True, description="Remove byte-identical documents.")
+    near: NearDedupMethod = Field(
+        default=NearDedupMethod.MINHASH, description="Near-duplicate detection."
+    )
+    threshold: float = Field(
+        default=0.8, gt=0, le=1, description="Jaccard similarity at which two are duplicates."
+    )
+    permutations: int = Field(default=128, ge=16, le=1024, description="MinHash permutations.")
+    ngram: int = Field(default=5, ge=1, le=32, description="Word n-gram size of the shingles.")
+
+
+class TrainTokenizer(CamelModel):
+    """Train a byte-level BPE tokenizer on the cleaned text (HF tokenizers)."""
+
+    vocab_size: int = Field(ge=256, le=1_048_576, description="Vocabulary size.")
+    min_frequency: int = Field(default=2, ge=1, description="Merges must occur this often.")
+
+
+class Tokenizer(CamelModel):
+    """Exactly one of: train a new tokenizer, or use an existing one."""
+
+    model_config = cel(
+        ("has(self.train) != has(self.existing)", "tokenizer: set exactly one of train or existing")
+    )
+
+    train: TrainTokenizer | None = Field(default=None, description="Train a new BPE.")
+    existing: Input | None = Field(
+        default=None, description="A tokenizer in the Hugging Face layout (tokenizer.json)."
+    )
+
+
+class Packing(CamelModel):
+    """How tokens are packed into fixed-length training sequences."""
+
+    sequence_length: int = Field(
+        default=2048, ge=16, le=1_048_576, description="Tokens per packed sequence."
+    )
+    shard_size_mb: int = Field(default=256, ge=1, le=65536, description="Target shard size.")
+
+
+class DataPipelineSpec(WorkloadSpec):
+    """Desired state of a DataPipeline."""
+
     sources: list[DataSource] = Field(
         min_length=1, max_length=64, description="The raw corpora to mix, clean and tokenize."
     )
+    normalize: Normalize = defaulted(Normalize, "Text normalization.")
+    filters: Filters = defaulted(Filters, "Quality filters.")
+    dedup: Dedup = defaulted(Dedup, "Deduplication.")
+    tokenizer: Tokenizer = defaulted(
+        Tokenizer,
+        "Tokenizer to train or use (default: train a 32k BPE).",
+        {"train": {"vocabSize": 32000}},
+    )
+    packing: Packing = defaulted(Packing, "Sequence packing.")
     output: Output = Field(
-        description="Where the shards go.",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "self.uri == oldSelf.uri", "message": "output.uri is immutable"}
-            ]
-        },
+        description="Where the shards go.", json_schema_extra=immutable("output is immutable")
     )
     workers: int = Field(
         default=1, ge=1, le=1024, description="Parallel workers, one Indexed Job pod each."
     )
-    resources: Resources = Field(
-        default_factory=Resources, description="What each worker asks the scheduler for."
-    )
-    image: str | None = Field(
-        default=None, max_length=512, description="Override the data image (registry/name:tag)."
-    )
-    suspend: bool = Field(
-        default=False, description="Pause: no new pods start while true (Job suspend)."
-    )
-
-
-class Outputs(CamelModel):
-    """What a finished run produced."""
-
-    uri: str | None = Field(default=None, description="Where the shards were published.")
-
-
-class DataPipelineStatus(CamelModel):
-    observed_generation: int | None = Field(
-        default=None, description="The .metadata.generation this status describes."
-    )
-    phase: Phase | None = Field(default=None, description="Summary for printer columns only.")
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        description="Ready, Progressing, Succeeded, Failed, Suspended (metav1.Condition).",
-    )
-    start_time: datetime | None = Field(default=None, description="When the first pod started.")
-    completion_time: datetime | None = Field(default=None, description="When the run finished.")
-    outputs: Outputs | None = Field(default=None, description="What the run published.")
 
 
 DATAPIPELINE = KindInfo(
@@ -125,12 +187,7 @@ DATAPIPELINE = KindInfo(
     plural="datapipelines",
     short_names=("dp",),
     spec=DataPipelineSpec,
-    status=DataPipelineStatus,
+    status=BatchStatus,
     description="Raw text to cleaned, deduplicated, tokenized training shards.",
-    printer_columns=(
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Workers", "type": "integer", "jsonPath": ".spec.workers"},
-        {"name": "Output", "type": "string", "jsonPath": ".status.outputs.uri", "priority": 1},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    ),
+    printer_columns=batch_columns("Tokens", ".status.outputs.metrics.tokens"),
 )

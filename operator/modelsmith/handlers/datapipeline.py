@@ -13,7 +13,8 @@ import kopf
 from pydantic import ValidationError
 
 from modelsmith import k8s
-from modelsmith.api.datapipeline import DATAPIPELINE, DataPipelineSpec, DataPipelineStatus
+from modelsmith.api.common import BatchStatus
+from modelsmith.api.datapipeline import DATAPIPELINE, DataPipelineSpec
 from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
 from modelsmith.builders.datapipeline import Owner, desired_configmap, desired_job, job_name
 from modelsmith.conditions import Reason, set_condition
@@ -24,7 +25,7 @@ RESOURCE = (GROUP, VERSION, DATAPIPELINE.plural)
 RESYNC_SECONDS = 5.0
 
 
-def _status_patch(old: dict[str, Any], new: DataPipelineStatus) -> dict[str, Any]:
+def _status_patch(old: dict[str, Any], new: BatchStatus) -> dict[str, Any]:
     """Only the fields that changed, so an unchanged world writes nothing."""
     rendered = new.model_dump(mode="json", by_alias=True, exclude_none=True)
     return {k: v for k, v in rendered.items() if old.get(k) != v}
@@ -33,7 +34,7 @@ def _status_patch(old: dict[str, Any], new: DataPipelineStatus) -> dict[str, Any
 def reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, settings: Settings) -> None:
     meta, generation = body["metadata"], int(body["metadata"].get("generation", 1))
     old_status = dict(body.get("status", {}) or {})
-    current = DataPipelineStatus.model_validate(old_status)
+    current = BatchStatus.model_validate(old_status)
     try:
         spec = DataPipelineSpec.model_validate(dict(body["spec"]))
     except ValidationError as exc:

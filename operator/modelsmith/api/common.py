@@ -1,0 +1,230 @@
+"""Pieces every kind shares: inputs by URI or reference, outputs, scheduling, status.
+
+Kept in one place so the five CRDs say the same thing the same way, as Kubeflow
+Trainer and KubeRay users expect (resources, nodeSelector, tolerations, runPolicy…).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import ConfigDict, Field, model_validator
+
+from modelsmith.api.meta import CamelModel, Condition
+
+URI_PATTERN = r"^(file://|s3://|gs://|pvc://|/).+"
+Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=2048)]
+"""A storage location: a mounted path, file://, s3://, gs:// or pvc://."""
+
+DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+Name = Annotated[str, Field(pattern=DNS_NAME, min_length=1, max_length=253)]
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$")]
+FreeForm = Annotated[
+    dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+]
+"""A Kubernetes object we pass through untouched (tolerations, affinity, valueFrom)."""
+
+
+def immutable(message: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": message}]}
+
+
+def defaulted(
+    model: type[CamelModel], description: str, default: dict[str, Any] | None = None
+) -> Any:
+    """An optional nested object that the API server fills in, fully, when it is absent.
+
+    Without a schema default the object is simply missing in etcd, and CEL rules that
+    read through it (self.distribution.nodes) fail with "no such key". The default is
+    the model's own, spelled out: the API server checks it against the CEL rules as it
+    stands, without applying nested defaults first.
+    """
+    value = model.model_validate(default or {})
+    return Field(
+        default_factory=lambda: value,
+        description=description,
+        json_schema_extra={
+            "default": value.model_dump(mode="json", by_alias=True, exclude_none=True)
+        },
+    )
+
+
+def cel(*rules: tuple[str, str]) -> ConfigDict:
+    """Model-level CEL rules (rule, message): the API server checks them at apply time."""
+    return ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]
+        }
+    )
+
+
+class RefKind(StrEnum):
+    DATA_PIPELINE = "DataPipeline"
+    PRETRAIN_JOB = "PretrainJob"
+    FINE_TUNE = "FineTune"
+    QUANTIZE_JOB = "QuantizeJob"
+
+
+class InputRef(CamelModel):
+    """Another modelsmith resource in the same namespace whose status.outputs feeds this one."""
+
+    kind: RefKind = Field(description="Kind of the upstream resource.")
+    name: Name = Field(description="Name of the upstream resource, in this namespace.")
+
+
+class Input(CamelModel):
+    """Exactly one of: a URI, or a reference to the stage that produces it."""
+
+    model_config = cel(("has(self.uri) != has(self.fromRef)", "set exactly one of uri or fromRef"))
+
+    uri: Uri | None = Field(default=None, description="Read the input from this location.")
+    from_ref: InputRef | None = Field(
+        default=None,
+        description="Read the input from the upstream resource's status.outputs.uri; the "
+        "operator waits (reason WaitingForInput) until that resource has succeeded.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.uri is None) == (self.from_ref is None):
+            raise ValueError("set exactly one of uri or fromRef")
+        return self
+
+
+class Output(CamelModel):
+    """Where a stage publishes its artifact (written atomically, then marked complete)."""
+
+    uri: Uri = Field(
+        description="Where the artifact is published. Immutable: changing it would orphan "
+        "what was already written."
+    )
+
+
+class Resources(CamelModel):
+    """Compute requested for each worker pod."""
+
+    gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per worker.")
+    cpu: Quantity = Field(default="1", description="CPU per worker (e.g. 4 or 500m).")
+    memory: Quantity = Field(default="2Gi", description="Memory per worker (e.g. 16Gi).")
+
+
+class EnvVar(CamelModel):
+    """An environment variable for the workload container."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256, description="Variable name."
+    )
+    value: str | None = Field(default=None, max_length=32768, description="Literal value.")
+    value_from: FreeForm | None = Field(
+        default=None, description="A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef…)."
+    )
+
+
+class RunPolicy(CamelModel):
+    """How long and how often the workload may run (the Job's own knobs)."""
+
+    backoff_limit: int = Field(
+        default=3, ge=0, le=100, description="Pod failures retried before the run fails."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the run once it has been active this long."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the finished Job (not the resource) after this."
+    )
+
+
+class WorkloadSpec(CamelModel):
+    """Fields every batch kind has: where its pods go and how they run."""
+
+    resources: Resources = defaulted(Resources, "What each worker asks the scheduler for.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32, description="Node labels the pods require."
+    )
+    tolerations: list[FreeForm] = Field(
+        default_factory=list, max_length=32, description="core/v1 Tolerations for the pods."
+    )
+    affinity: FreeForm | None = Field(default=None, description="core/v1 Affinity for the pods.")
+    priority_class_name: Name | None = Field(default=None, description="PriorityClass of the pods.")
+    image: str | None = Field(
+        default=None, max_length=512, description="Override the workload image (name:tag)."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=128, description="Extra environment variables."
+    )
+    service_account_name: Name | None = Field(
+        default=None, description="ServiceAccount the pods run as (e.g. for object storage)."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Pause: running pods stop, progress is kept; false resumes.",
+    )
+    run_policy: RunPolicy = defaulted(RunPolicy, "Retries, deadline and clean-up of the run.")
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Progress(CamelModel):
+    """How far the run is."""
+
+    step: int | None = Field(default=None, description="Steps (or items) done.")
+    total: int | None = Field(default=None, description="Steps (or items) in the whole run.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds left.")
+
+
+class Outputs(CamelModel):
+    """What a finished run published."""
+
+    uri: str | None = Field(default=None, description="Where the artifact was published.")
+    digest: str | None = Field(default=None, description="Content digest of the artifact.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Headline metrics (loss, perplexity, tokens…)."
+    )
+
+
+class LineageEntry(CamelModel):
+    """One upstream artifact this resource was built from."""
+
+    kind: str = Field(description="Kind of the upstream resource, or Uri for a plain input.")
+    name: str | None = Field(default=None, description="Name of the upstream resource.")
+    uri: str = Field(description="The artifact that was read.")
+    digest: str | None = Field(default=None, description="Its digest, when known.")
+
+
+class BatchStatus(CamelModel):
+    """Observed state of a batch run, written by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this status describes."
+    )
+    phase: Phase | None = Field(default=None, description="Summary for printer columns only.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing, Succeeded, Failed, Suspended (metav1.Condition).",
+    )
+    progress: Progress | None = Field(default=None, description="How far the run is.")
+    start_time: datetime | None = Field(default=None, description="When the first pod started.")
+    completion_time: datetime | None = Field(default=None, description="When the run finished.")
+    outputs: Outputs | None = Field(default=None, description="What the run published.")
+    lineage: list[LineageEntry] = Field(
+        default_factory=list, description="The artifacts this one was built from."
+    )
+
+
+def batch_columns(metric_name: str, metric_path: str) -> tuple[dict[str, Any], ...]:
+    """Phase, progress, one key metric and age, as every batch kind shows them."""
+    return (
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+        {"name": "Total", "type": "integer", "jsonPath": ".status.progress.total"},
+        {"name": metric_name, "type": "number", "jsonPath": metric_path},
+        {"name": "Output", "type": "string", "jsonPath": ".status.outputs.uri", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    )

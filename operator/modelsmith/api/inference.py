@@ -1,0 +1,220 @@
+"""InferenceService: a served model whose new versions reach users through a canary.
+
+The canary vocabulary is Flagger's and Argo Rollouts' (steps or stepWeight/maxWeight,
+interval, metric checks with PromQL and thresholds, failure limit, mirroring), so
+their users can read a spec at a glance. Reconciliation is a separate issue.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from modelsmith.api.common import Input, Name, Resources, cel, defaulted
+from modelsmith.api.meta import CamelModel, Condition, KindInfo
+
+Duration = Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$", max_length=64)]
+
+
+class Runtime(StrEnum):
+    BUILTIN = "builtin"
+    VLLM = "vllm"
+    KSERVE = "kserve"
+
+
+class Autoscaling(CamelModel):
+    """Scale replicas on load."""
+
+    model_config = cel(
+        (
+            "self.minReplicas <= self.maxReplicas",
+            "autoscaling.minReplicas must not exceed maxReplicas",
+        )
+    )
+
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
+    target_concurrency: int = Field(
+        default=8, ge=1, le=100_000, description="In-flight requests per replica to aim for."
+    )
+
+
+class SecretKey(CamelModel):
+    """A key in a Secret of this namespace."""
+
+    name: Name = Field(description="Secret name.")
+    key: str = Field(default="api-key", max_length=253, description="Key within the Secret.")
+
+
+class GatewayRef(CamelModel):
+    """A Gateway API Gateway the HTTPRoute attaches to."""
+
+    name: Name = Field(description="Gateway name.")
+    namespace: Name | None = Field(default=None, description="Default: this namespace.")
+
+
+class Limits(CamelModel):
+    """Per-request and per-client bounds the server enforces."""
+
+    max_tokens: int = Field(default=4096, ge=1, le=1_048_576, description="Max new tokens.")
+    max_concurrent_requests: int = Field(
+        default=64, ge=1, le=100_000, description="In-flight requests per replica."
+    )
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Per API key; unset means unlimited."
+    )
+
+
+class Backend(StrEnum):
+    ROUTER = "router"
+    GATEWAY_API = "gateway-api"
+    KSERVE = "kserve"
+
+
+class Traffic(CamelModel):
+    """How traffic is split between the stable and the canary revision."""
+
+    model_config = cel(
+        (
+            "self.backend != 'gateway-api' || has(self.gatewayRef)",
+            "traffic.gatewayRef is required for backend gateway-api",
+        )
+    )
+
+    backend: Backend = Field(default=Backend.ROUTER, description="Who shifts the traffic.")
+    gateway_ref: GatewayRef | None = Field(
+        default=None, description="gateway-api: the Gateway the route attaches to."
+    )
+
+
+class OnEmpty(StrEnum):
+    FAIL = "fail"
+    PASS = "pass"  # noqa: S105 (a verdict, not a password)
+    SKIP = "skip"
+
+
+class MetricCheck(CamelModel):
+    """One PromQL query whose result must stay within bounds during analysis."""
+
+    model_config = cel(
+        ("has(self.min) || has(self.max)", "a metric check needs min, max or both"),
+        ("!has(self.min) || !has(self.max) || self.min <= self.max", "metric min exceeds max"),
+    )
+
+    name: str = Field(min_length=1, max_length=63, description="Name shown in status.")
+    query: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="PromQL; ${revision} stands for the revision analysed.",
+    )
+    min: float | None = Field(default=None, description="Fail below this value.")
+    max: float | None = Field(default=None, description="Fail above this value.")
+    on_empty: OnEmpty = Field(
+        default=OnEmpty.FAIL, description="What an empty or NaN result counts as."
+    )
+
+
+class Decision(StrEnum):
+    AUTO = "Auto"
+    PROMOTE = "Promote"
+    ABORT = "Abort"
+
+
+class Canary(CamelModel):
+    """Progressive delivery of a new model revision."""
+
+    model_config = cel(
+        ("has(self.steps) != has(self.stepWeight)", "canary: set steps or stepWeight, not both"),
+        ("!has(self.steps) || self.steps.isSorted()", "canary.steps must be ascending"),
+        (
+            "!has(self.stepWeight) || self.stepWeight <= self.maxWeight",
+            "canary.stepWeight must not exceed maxWeight",
+        ),
+    )
+
+    steps: list[Annotated[int, Field(ge=1, le=100)]] | None = Field(
+        default=None, min_length=1, max_length=100, description="Canary weights, in percent."
+    )
+    step_weight: int | None = Field(
+        default=None, ge=1, le=100, description="Weight added per step."
+    )
+    max_weight: int = Field(default=50, ge=1, le=100, description="Last weight before promotion.")
+    interval: Duration = Field(default="1m", description="Time between analyses (e.g. 1m).")
+    metrics: list[MetricCheck] = Field(
+        default_factory=list, max_length=32, description="Checks run every interval."
+    )
+    failure_limit: int = Field(
+        default=2, ge=0, le=100, description="Failed analyses tolerated before rollback."
+    )
+    progress_deadline_seconds: int = Field(
+        default=600, ge=1, description="Roll back if a step makes no progress this long."
+    )
+    mirror_percent: int = Field(
+        default=0, ge=0, le=100, description="Share of stable traffic mirrored to the canary."
+    )
+    decision: Decision = Field(
+        default=Decision.AUTO,
+        description="Auto lets the analysis decide; Promote or Abort overrides it.",
+    )
+
+
+class InferenceServiceSpec(CamelModel):
+    """Desired state of an InferenceService."""
+
+    model: Input = Field(description="The model to serve; a change starts a canary.")
+    runtime: Runtime = Field(default=Runtime.BUILTIN, description="builtin, vllm or kserve.")
+    replicas: int = Field(default=1, ge=0, le=1000, description="Replicas without autoscaling.")
+    autoscaling: Autoscaling | None = Field(default=None, description="Scale on load.")
+    resources: Resources = defaulted(Resources, "Per replica.")
+    api_key_secret: SecretKey | None = Field(
+        default=None, description="Clients must send this key (Authorization: Bearer)."
+    )
+    limits: Limits = defaulted(Limits, "Request limits.")
+    traffic: Traffic = defaulted(Traffic, "Traffic splitting.")
+    canary: Canary | None = Field(
+        default=None, description="Progressive delivery; unset replaces revisions at once."
+    )
+    image: str | None = Field(default=None, max_length=512, description="Override the image.")
+
+
+class ServingPhase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class InferenceServiceStatus(CamelModel):
+    """Observed state of an InferenceService, written by the operator."""
+
+    observed_generation: int | None = Field(default=None, description="Generation described.")
+    phase: ServingPhase | None = Field(default=None, description="Summary for printer columns.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Progressing, Degraded (metav1.Condition)."
+    )
+    url: str | None = Field(default=None, description="Where clients send requests.")
+    stable_revision: str | None = Field(default=None, description="Revision serving most traffic.")
+    canary_revision: str | None = Field(default=None, description="Revision under analysis.")
+    canary_weight: int | None = Field(default=None, description="Percent sent to the canary.")
+    failed_checks: int | None = Field(default=None, description="Failed analyses so far.")
+    last_analysis_time: datetime | None = Field(default=None, description="Last analysis.")
+
+
+INFERENCESERVICE = KindInfo(
+    kind="InferenceService",
+    plural="inferenceservices",
+    short_names=("misvc",),
+    spec=InferenceServiceSpec,
+    status=InferenceServiceStatus,
+    description="A served model whose new revisions go through a Prometheus-gated canary.",
+    printer_columns=(
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Canary%", "type": "integer", "jsonPath": ".status.canaryWeight"},
+        {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)

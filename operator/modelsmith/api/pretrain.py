@@ -1,0 +1,192 @@
+"""PretrainJob: a dense or mixture-of-experts decoder trained from scratch.
+
+Architecture fields use transformers' config vocabulary (Llama, Mixtral) so a spec
+maps one-to-one onto the model class the trainer builds.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from modelsmith.api.common import (
+    BatchStatus,
+    Input,
+    Output,
+    WorkloadSpec,
+    batch_columns,
+    cel,
+    defaulted,
+    immutable,
+)
+from modelsmith.api.meta import CamelModel, KindInfo
+
+
+class ArchitectureType(StrEnum):
+    DENSE = "dense"
+    MOE = "moe"
+
+
+class Architecture(CamelModel):
+    """The decoder to build (Llama-style dense, or Mixtral-style mixture of experts)."""
+
+    model_config = cel(
+        (
+            "self.type == 'moe' ? has(self.experts) : !has(self.experts)",
+            "architecture.experts is required for moe and not allowed for dense",
+        ),
+        ("self.hiddenSize % self.heads == 0", "architecture.hiddenSize must divide by heads"),
+        (
+            "!has(self.kvHeads) || (self.kvHeads <= self.heads && self.heads % self.kvHeads == 0)",
+            "architecture.kvHeads must divide heads",
+        ),
+        (
+            "!has(self.topK) || (has(self.experts) && self.topK <= self.experts)",
+            "architecture.topK must not exceed experts",
+        ),
+    )
+
+    type: ArchitectureType = Field(default=ArchitectureType.DENSE, description="dense or moe.")
+    layers: int = Field(ge=1, le=512, description="Decoder layers.")
+    hidden_size: int = Field(ge=64, le=65536, description="Model width.")
+    heads: int = Field(ge=1, le=1024, description="Attention heads.")
+    kv_heads: int | None = Field(
+        default=None, ge=1, le=1024, description="Key/value heads (grouped-query attention)."
+    )
+    intermediate_size: int | None = Field(
+        default=None, ge=64, le=262144, description="MLP width (default 8/3 * hidden, rounded)."
+    )
+    vocab_size: int | None = Field(
+        default=None, ge=256, le=1_048_576, description="Default: the tokenizer's vocabulary."
+    )
+    experts: int | None = Field(default=None, ge=2, le=1024, description="moe: experts.")
+    top_k: int | None = Field(default=None, ge=1, le=64, description="moe: experts per token.")
+    capacity_factor: float | None = Field(
+        default=None, gt=0, le=16, description="moe: token capacity per expert."
+    )
+    aux_loss_coef: float | None = Field(
+        default=None, ge=0, le=1, description="moe: load-balancing loss coefficient."
+    )
+
+
+class Schedule(StrEnum):
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+    WSD = "wsd"
+
+
+class Training(CamelModel):
+    """Optimization settings; the run length is steps or tokens, not both."""
+
+    model_config = cel(
+        ("has(self.steps) != has(self.tokens)", "training: set exactly one of steps or tokens"),
+        (
+            "self.globalBatchSize % self.microBatchSize == 0",
+            "training.globalBatchSize must be a multiple of microBatchSize",
+        ),
+    )
+
+    global_batch_size: int = Field(ge=1, le=1_048_576, description="Sequences per step.")
+    micro_batch_size: int = Field(ge=1, le=65536, description="Sequences per GPU per pass.")
+    sequence_length: int = Field(default=2048, ge=16, le=1_048_576, description="Tokens each.")
+    learning_rate: float = Field(gt=0, le=1, description="Peak learning rate.")
+    warmup_ratio: float = Field(default=0.01, ge=0, le=1, description="Warm-up share of steps.")
+    schedule: Schedule = Field(default=Schedule.COSINE, description="Learning-rate schedule.")
+    weight_decay: float = Field(default=0.1, ge=0, le=1, description="AdamW weight decay.")
+    grad_clip: float = Field(default=1.0, ge=0, description="Max gradient norm (0: off).")
+    steps: int | None = Field(default=None, ge=1, description="Optimizer steps to run.")
+    tokens: int | None = Field(default=None, ge=1, description="Tokens to train on.")
+    seed: int = Field(default=0, ge=0, description="Seed for init and data order.")
+
+
+class Precision(StrEnum):
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class Strategy(StrEnum):
+    DDP = "ddp"
+    FSDP = "fsdp"
+    DEEPSPEED = "deepspeed"
+
+
+class Launcher(StrEnum):
+    TORCHRUN = "torchrun"
+    RAY = "ray"
+
+
+class Offload(StrEnum):
+    NONE = "none"
+    CPU = "cpu"
+
+
+class Distribution(CamelModel):
+    """How the run spreads over nodes and GPUs."""
+
+    model_config = cel(
+        (
+            "!has(self.zeroStage) || self.strategy == 'deepspeed'",
+            "distribution.zeroStage applies to strategy deepspeed only",
+        ),
+        (
+            "self.offload == 'none' || self.strategy != 'ddp'",
+            "distribution.offload needs strategy fsdp or deepspeed",
+        ),
+    )
+
+    nodes: int = Field(default=1, ge=1, le=1024, description="Nodes (one pod each).")
+    gpus_per_node: int = Field(default=8, ge=1, le=16, description="GPUs each pod requests.")
+    strategy: Strategy = Field(default=Strategy.FSDP, description="Data-parallel strategy.")
+    zero_stage: int | None = Field(default=None, ge=1, le=3, description="DeepSpeed ZeRO stage.")
+    offload: Offload = Field(default=Offload.NONE, description="Offload optimizer state.")
+    launcher: Launcher = Field(default=Launcher.TORCHRUN, description="torchrun or Ray Train.")
+
+
+class Checkpoint(CamelModel):
+    """Checkpoints and automatic resume after a pod failure or an unsuspend."""
+
+    interval_steps: int = Field(default=1000, ge=1, description="Save every N steps.")
+    keep_last: int = Field(default=3, ge=1, le=100, description="Checkpoints kept.")
+    resume: bool = Field(default=True, description="Resume from the latest checkpoint.")
+
+
+class PretrainJobSpec(WorkloadSpec):
+    """Desired state of a PretrainJob."""
+
+    model_config = cel(
+        (
+            "self.training.globalBatchSize % (self.training.microBatchSize * "
+            "self.distribution.nodes * self.distribution.gpusPerNode) == 0",
+            "training.globalBatchSize must be a multiple of microBatchSize * nodes * gpusPerNode",
+        ),
+    )
+
+    dataset: Input = Field(description="Tokenized shards, usually fromRef a DataPipeline.")
+    tokenizer: Input | None = Field(
+        default=None, description="Default: the tokenizer published with the dataset."
+    )
+    architecture: Architecture = Field(
+        description="The model. Immutable: checkpoints only fit the architecture they came from.",
+        json_schema_extra=immutable("architecture is immutable"),
+    )
+    training: Training = Field(description="Optimization and run length.")
+    precision: Precision = Field(default=Precision.BF16, description="Mixed precision.")
+    distribution: Distribution = defaulted(Distribution, "Nodes, GPUs and strategy.")
+    checkpoint: Checkpoint = defaulted(Checkpoint, "Checkpointing.")
+    output: Output = Field(
+        description="Where the model goes.", json_schema_extra=immutable("output is immutable")
+    )
+
+
+PRETRAINJOB = KindInfo(
+    kind="PretrainJob",
+    plural="pretrainjobs",
+    short_names=("ptj",),
+    spec=PretrainJobSpec,
+    status=BatchStatus,
+    description="Distributed pretraining of a dense or mixture-of-experts decoder.",
+    printer_columns=batch_columns("Loss", ".status.outputs.metrics.loss"),
+)

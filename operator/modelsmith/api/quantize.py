@@ -1,0 +1,86 @@
+"""QuantizeJob: post-training quantization (torchao) behind a perplexity quality gate."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from modelsmith.api.common import (
+    BatchStatus,
+    Input,
+    Output,
+    WorkloadSpec,
+    batch_columns,
+    cel,
+    defaulted,
+    immutable,
+)
+from modelsmith.api.meta import CamelModel, KindInfo
+
+
+class QuantMethod(StrEnum):
+    INT8_WEIGHT_ONLY = "int8-weight-only"
+    INT4_WEIGHT_ONLY = "int4-weight-only"
+    GPTQ = "gptq"
+    DYNAMIC_INT8 = "dynamic-int8"
+    FP8 = "fp8"
+
+
+class Calibration(CamelModel):
+    """Data the calibrated methods (GPTQ) run through the model."""
+
+    dataset: Input = Field(description="Text used for calibration.")
+    samples: int = Field(default=128, ge=1, le=100_000, description="Sequences to use.")
+
+
+class QualityGate(CamelModel):
+    """Fail the job when quantization costs more quality than this."""
+
+    eval_dataset: Input | None = Field(
+        default=None, description="Held-out text for perplexity (default: calibration data)."
+    )
+    max_perplexity_increase_percent: float = Field(
+        default=5.0, ge=0, le=1000, description="Allowed perplexity increase, in percent."
+    )
+
+
+class QuantizeJobSpec(WorkloadSpec):
+    """Desired state of a QuantizeJob."""
+
+    model_config = cel(
+        (
+            "!has(self.groupSize) || self.method == 'int4-weight-only' || self.method == 'gptq'",
+            "groupSize applies to int4-weight-only and gptq only",
+        ),
+        ("self.method != 'gptq' || has(self.calibration)", "method gptq needs calibration"),
+    )
+
+    model: Input = Field(description="The model to quantize, usually fromRef a FineTune.")
+    method: QuantMethod = Field(description="Quantization method.")
+    group_size: Literal[32, 64, 128, 256] | None = Field(
+        default=None,
+        description="Weights per scale (int4-weight-only, gptq): 32, 64, 128 or 256.",
+    )
+    calibration: Calibration | None = Field(default=None, description="Calibration (gptq).")
+    keep_in_high_precision: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=lambda: ["lm_head"],
+        max_length=256,
+        description="Module names left unquantized (e.g. lm_head).",
+    )
+    quality_gate: QualityGate = defaulted(QualityGate, "Perplexity bound that fails the job.")
+    output: Output = Field(
+        description="Where the model goes.", json_schema_extra=immutable("output is immutable")
+    )
+
+
+QUANTIZEJOB = KindInfo(
+    kind="QuantizeJob",
+    plural="quantizejobs",
+    short_names=("qj",),
+    spec=QuantizeJobSpec,
+    status=BatchStatus,
+    description="INT8 / INT4 / GPTQ / FP8 post-training quantization with a quality gate.",
+    printer_columns=batch_columns("PPLDelta%", ".status.outputs.metrics.perplexityIncreasePercent"),
+)

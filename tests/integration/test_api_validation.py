@@ -1,0 +1,190 @@
+"""Invalid manifests are refused by the real API server, with a message naming the field.
+
+Each case starts from a valid sample (samples/), breaks one thing, and applies it with
+kubectl as a user would. The valid samples themselves must be accepted, so a case can
+only pass because of the one thing it broke.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelsmith.devcluster import tools
+from modelsmith.devcluster.cluster import DevCluster
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+def _samples() -> dict[str, dict[str, Any]]:
+    docs = [*yaml.safe_load_all((SAMPLES / "chain.yaml").read_text())]
+    docs.append(yaml.safe_load((SAMPLES / "datapipeline.yaml").read_text()))
+    return {d["kind"]: d for d in docs if d}
+
+
+VALID = _samples()
+
+
+def _apply(
+    cluster: DevCluster, namespace: str, doc: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(tools.binary(tools.KUBERNETES, "kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
+    return subprocess.run(
+        [*argv, "apply", "-n", namespace, "-f", "-"],
+        input=yaml.safe_dump(doc),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Return a copy with ``path`` (dotted, from spec) set; value None deletes the key."""
+    out = copy.deepcopy(doc)
+    node = out["spec"]
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is None:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return out
+
+
+# (kind, spec path, new value, what the error must say)
+CASES: list[tuple[str, str, Any, str]] = [
+    # wrong types
+    ("DataPipeline", "workers", "two", 'spec.workers: Invalid value: "string"'),
+    ("PretrainJob", "training.learningRate", "fast", "spec.training.learningRate"),
+    ("FineTune", "mergeAdapter", "yes", "spec.mergeAdapter"),
+    ("InferenceService", "replicas", [1], "spec.replicas"),
+    # bounds and patterns
+    ("DataPipeline", "workers", 0, "spec.workers: Invalid value: 0"),
+    ("DataPipeline", "sources", [], "spec.sources: Invalid value"),
+    ("DataPipeline", "output.uri", "ftp://x/y", "spec.output.uri"),
+    ("DataPipeline", "dedup.threshold", 1.5, "spec.dedup.threshold"),
+    ("PretrainJob", "resources.gpus", 17, "spec.resources.gpus"),
+    ("PretrainJob", "resources.memory", "lots", "spec.resources.memory"),
+    ("InferenceService", "canary.steps", [5, 150], "spec.canary.steps[1]"),
+    ("InferenceService", "canary.interval", "soon", "spec.canary.interval"),
+    # bad enums
+    ("DataPipeline", "sources", [{"uri": "/x", "format": "csv"}], "spec.sources[0].format"),
+    ("PretrainJob", "distribution.strategy", "horovod", "spec.distribution.strategy"),
+    ("FineTune", "method", "prefix-tuning", "spec.method"),
+    ("QuantizeJob", "method", "int3", "spec.method"),
+    ("QuantizeJob", "groupSize", 100, "spec.groupSize"),
+    ("InferenceService", "runtime", "triton", "spec.runtime"),
+    # cross-field CEL rules
+    ("PretrainJob", "architecture.type", "moe", "experts is required for moe"),
+    ("PretrainJob", "architecture.heads", 7, "hiddenSize must divide by heads"),
+    ("PretrainJob", "architecture.kvHeads", 3, "kvHeads must divide heads"),
+    ("PretrainJob", "training.tokens", 1000000, "set exactly one of steps or tokens"),
+    ("PretrainJob", "training.steps", None, "set exactly one of steps or tokens"),
+    ("PretrainJob", "training.globalBatchSize", 48, "multiple of microBatchSize * nodes"),
+    ("PretrainJob", "distribution.zeroStage", 2, "zeroStage applies to strategy deepspeed"),
+    ("FineTune", "method", "full", "lora settings need method lora or qlora"),
+    ("QuantizeJob", "method", "int8-weight-only", "groupSize applies to int4-weight-only"),
+    ("QuantizeJob", "method", "gptq", "method gptq needs calibration"),
+    (
+        "DataPipeline",
+        "tokenizer",
+        {"train": {"vocabSize": 1000}, "existing": {"uri": "/t"}},
+        "exactly one of train or existing",
+    ),
+    (
+        "FineTune",
+        "baseModel",
+        {"uri": "/m", "fromRef": {"kind": "PretrainJob", "name": "p"}},
+        "set exactly one of uri or fromRef",
+    ),
+    ("FineTune", "dataset", {}, "set exactly one of uri or fromRef"),
+    ("InferenceService", "canary.stepWeight", 10, "set steps or stepWeight, not both"),
+    ("InferenceService", "canary.steps", [50, 25], "canary.steps must be ascending"),
+    (
+        "InferenceService",
+        "autoscaling",
+        {"minReplicas": 5, "maxReplicas": 2},
+        "minReplicas must not exceed maxReplicas",
+    ),
+    ("InferenceService", "traffic", {"backend": "gateway-api"}, "gatewayRef is required"),
+    (
+        "InferenceService",
+        "canary.metrics",
+        [{"name": "p99", "query": "up"}],
+        "needs min, max or both",
+    ),
+    # dangling and malformed references
+    (
+        "PretrainJob",
+        "dataset.fromRef",
+        {"kind": "Secret", "name": "x"},
+        "spec.dataset.fromRef.kind",
+    ),
+    (
+        "FineTune",
+        "baseModel.fromRef",
+        {"kind": "PretrainJob", "name": "Not_A_Name"},
+        "spec.baseModel.fromRef.name",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "message"),
+    CASES,
+    ids=[f"{k}-{p}-{i}" for i, (k, p, _v, _m) in enumerate(CASES)],
+)
+def test_invalid_manifest_is_rejected(
+    dev_cluster: DevCluster,
+    crds: list[str],
+    namespace: str,
+    *,
+    kind: str,
+    path: str,
+    value: Any,
+    message: str,
+) -> None:
+    proc = _apply(dev_cluster, namespace, _set(VALID[kind], path, value))
+    assert proc.returncode != 0, f"accepted: {kind} with {path}={value!r}"
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_samples_are_accepted(
+    dev_cluster: DevCluster, crds: list[str], namespace: str, kind: str
+) -> None:
+    proc = _apply(dev_cluster, namespace, VALID[kind])
+    assert proc.returncode == 0, proc.stderr
+
+
+IMMUTABLE = [
+    ("PretrainJob", "architecture.layers", 8, "architecture is immutable"),
+    ("PretrainJob", "output.uri", "/elsewhere", "output is immutable"),
+    ("FineTune", "output.uri", "/elsewhere", "output is immutable"),
+    ("QuantizeJob", "output.uri", "/elsewhere", "output is immutable"),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "value", "message"), IMMUTABLE)
+def test_immutable_fields_cannot_change(
+    dev_cluster: DevCluster,
+    crds: list[str],
+    namespace: str,
+    *,
+    kind: str,
+    path: str,
+    value: Any,
+    message: str,
+) -> None:
+    assert _apply(dev_cluster, namespace, VALID[kind]).returncode == 0
+    proc = _apply(dev_cluster, namespace, _set(VALID[kind], path, value))
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
