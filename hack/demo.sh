@@ -21,9 +21,8 @@ if kubectl apply -n "$ns" -f samples/invalid-datapipeline.yaml; then
   echo "expected the invalid manifest to be rejected" >&2; exit 1
 fi
 
-echo "== the rest of the chain (PretrainJob → FineTune → QuantizeJob → InferenceService): validated"
-echo "   by the API server (dry run); their reconcilers are not written yet"
-kubectl apply -n "$ns" --dry-run=server -f samples/chain.yaml
+echo "== InferenceService: validated by the API server (dry run); its reconciler is not written yet"
+kubectl apply -n "$ns" --dry-run=server -f samples/inferenceservice.yaml
 
 log=$(mktemp -t modelsmith-operator.XXXXXX.log)
 echo "== starting the operator (log: $log)"
@@ -31,17 +30,27 @@ modelsmith run --namespace "$ns" >"$log" 2>&1 &
 operator=$!
 trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null || true' EXIT
 
-echo "== applying samples/datapipeline.yaml"
-kubectl delete -n "$ns" -f samples/datapipeline.yaml --ignore-not-found --wait >/dev/null
+echo "== applying the chain: samples/chain.yaml first (it waits), then samples/datapipeline.yaml"
+for f in samples/chain.yaml samples/datapipeline.yaml; do
+  kubectl delete -n "$ns" -f "$f" --ignore-not-found --wait >/dev/null
+done
+kubectl apply -n "$ns" -f samples/chain.yaml
+kubectl wait -n "$ns" --for=jsonpath='{.status.phase}'=Pending --timeout=60s \
+  pretrainjob/tiny-llama finetune/tiny-llama-chat quantizejob/tiny-llama-chat-int4 >/dev/null
+kubectl get pretrainjob,finetune,quantizejob -n "$ns" \
+  -o custom-columns='KIND:.kind,NAME:.metadata.name,PHASE:.status.phase,WHY:.status.conditions[?(@.type=="Ready")].message'
 kubectl apply -n "$ns" -f samples/datapipeline.yaml
-if ! kubectl wait -n "$ns" --for=condition=Succeeded --timeout=120s datapipeline/tiny-corpus; then
-  echo "the sample did not succeed; operator log:" >&2; tail -50 "$log" >&2; exit 1
-fi
+for r in datapipeline/tiny-corpus pretrainjob/tiny-llama finetune/tiny-llama-chat \
+         quantizejob/tiny-llama-chat-int4; do
+  if ! kubectl wait -n "$ns" --for=condition=Succeeded --timeout=180s "$r"; then
+    echo "$r did not succeed; operator log:" >&2; tail -50 "$log" >&2; exit 1
+  fi
+done
 
 echo "== result"
 kubectl get modelsmith -n "$ns" -o wide
 kubectl get jobs,pods -n "$ns" -o wide
-kubectl get datapipeline tiny-corpus -n "$ns" -o jsonpath='{.status}' | python3 -m json.tool
+kubectl get quantizejob tiny-llama-chat-int4 -n "$ns" -o jsonpath='{.status}' | python3 -m json.tool
 echo
 echo "The cluster is still running:  eval \"\$(.venv/bin/modelsmith dev env)\"; kubectl get nodes"
 echo "Stop it with:                  .venv/bin/modelsmith dev down"

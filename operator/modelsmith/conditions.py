@@ -15,6 +15,9 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     COMPLETED = "Completed"
     JOB_FAILED = "JobFailed"
+    WAITING_FOR_INPUT = "WaitingForInput"
+    UPSTREAM_NOT_FOUND = "UpstreamNotFound"
+    UPSTREAM_FAILED = "UpstreamFailed"
 
 
 def set_condition(

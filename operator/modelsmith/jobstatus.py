@@ -23,6 +23,38 @@ def _parse_time(raw: str | None) -> datetime | None:
     return datetime.fromisoformat(raw.replace("Z", "+00:00")) if raw else None
 
 
+def _outputs(output_uri: str, result: dict[str, Any]) -> Outputs:
+    """The workload's own word (its termination message) wins over what we asked for."""
+    metrics = {
+        k: float(v)
+        for k, v in (result.get("metrics") or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    uri = result.get("uri") if isinstance(result.get("uri"), str) else None
+    digest = result.get("digest") if isinstance(result.get("digest"), str) else None
+    return Outputs(uri=uri or output_uri, digest=digest, metrics=metrics)
+
+
+def waiting_status(
+    current: BatchStatus, *, generation: int, now: datetime, reason: Reason, message: str
+) -> BatchStatus:
+    """Before any child exists: inputs missing, still being produced, or failed."""
+    failed = reason == Reason.UPSTREAM_FAILED
+    conds = list(current.conditions)
+    for type_, status in (
+        ("Ready", F),
+        ("Progressing", F if failed else T),
+        ("Failed", T if failed else F),
+    ):
+        conds = set_condition(
+            conds, type_, status, reason=reason, message=message, now=now, generation=generation
+        )
+    phase = Phase.FAILED if failed else Phase.PENDING
+    return current.model_copy(
+        update={"observed_generation": generation, "phase": phase, "conditions": conds}
+    )
+
+
 def compute_status(
     current: BatchStatus,
     job: dict[str, Any] | None,
@@ -30,6 +62,7 @@ def compute_status(
     generation: int,
     output_uri: str,
     now: datetime,
+    result: dict[str, Any] | None = None,
 ) -> BatchStatus:
     """The status a batch resource should have, given its Job as it is now."""
     conds = list(current.conditions)
@@ -52,7 +85,7 @@ def compute_status(
         put("Succeeded", T, Reason.COMPLETED, "all workers finished")
         put("Ready", T, Reason.COMPLETED, f"shards published to {output_uri}")
         put("Progressing", F, Reason.COMPLETED, "")
-        outputs = Outputs(uri=output_uri)
+        outputs = _outputs(output_uri, result or {})
         completion_time = _parse_time(job_status.get("completionTime")) or now
     elif failed:
         phase = Phase.FAILED
@@ -74,11 +107,13 @@ def compute_status(
         put("Ready", F, reason, f"{active} worker(s) running" if active else "waiting for pods")
         put("Progressing", T, reason, f"{job_status.get('succeeded', 0) or 0} worker(s) done")
 
-    return BatchStatus(
-        observed_generation=generation,
-        phase=phase,
-        conditions=conds,
-        start_time=current.start_time or _parse_time(job_status.get("startTime")),
-        completion_time=completion_time,
-        outputs=outputs,
+    return current.model_copy(
+        update={
+            "observed_generation": generation,
+            "phase": phase,
+            "conditions": conds,
+            "start_time": current.start_time or _parse_time(job_status.get("startTime")),
+            "completion_time": completion_time,
+            "outputs": outputs,
+        }
     )

@@ -31,8 +31,10 @@ def load_config() -> None:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
 
 
-def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
-    plural = _PLURALS[(api_version, kind)]
+def _path(
+    api_version: str, kind: str, namespace: str, name: str | None = None, plural: str | None = None
+) -> str:
+    plural = plural or _PLURALS[(api_version, kind)]
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     path = f"{prefix}/namespaces/{namespace}/{plural}"
     return f"{path}/{name}" if name else path
@@ -81,9 +83,11 @@ def apply(obj: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def get(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+def get(
+    api_version: str, kind: str, namespace: str, name: str, plural: str | None = None
+) -> dict[str, Any] | None:
     try:
-        return _call("GET", _path(api_version, kind, namespace, name))
+        return _call("GET", _path(api_version, kind, namespace, name, plural))
     except ApiError as exc:
         if exc.status == 404:
             return None

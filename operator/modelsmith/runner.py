@@ -8,8 +8,9 @@ from typing import Any
 import kopf
 
 from modelsmith import k8s
+from modelsmith.batchkinds import BATCH_KINDS
 from modelsmith.config import Settings
-from modelsmith.handlers import datapipeline
+from modelsmith.handlers import batch
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -43,7 +44,8 @@ def register_all() -> None:
         configure(settings)
         k8s.load_config()
 
-    datapipeline.register(app_settings)
+    for kind in BATCH_KINDS:
+        batch.register(kind, app_settings)
 
 
 def run(namespaces: list[str], all_namespaces: bool) -> int:

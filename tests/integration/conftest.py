@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kopf.testing import KopfRunner
 from kubernetes import client, config
 
 from modelsmith import crdgen
@@ -61,3 +62,13 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def operator(crds: list[str], namespace: str) -> Iterator[KopfRunner]:
+    """The operator, in-process, watching only this test's namespace."""
+    kopf_args = ["run", "--standalone", "--namespace", namespace, "-m", "modelsmith.kopf_entry"]
+    with KopfRunner(kopf_args, timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output

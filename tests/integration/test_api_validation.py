@@ -26,6 +26,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 def _samples() -> dict[str, dict[str, Any]]:
     docs = [*yaml.safe_load_all((SAMPLES / "chain.yaml").read_text())]
     docs.append(yaml.safe_load((SAMPLES / "datapipeline.yaml").read_text()))
+    docs.append(yaml.safe_load((SAMPLES / "inferenceservice.yaml").read_text()))
     return {d["kind"]: d for d in docs if d}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,6 @@ from tests.helpers import wait_for
 pytestmark = pytest.mark.integration
 
 GROUP_ARGS = ("modelsmith.io", "v1alpha1")
-
-
-@pytest.fixture
-def operator(crds: list[str], namespace: str) -> Iterator[KopfRunner]:
-    kopf_args = ["run", "--standalone", "--namespace", namespace, "-m", "modelsmith.kopf_entry"]
-    with KopfRunner(kopf_args, timeout=60) as runner:
-        yield runner
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
 
 
 def _get(namespace: str, name: str) -> dict[str, Any]:
@@ -67,12 +57,14 @@ def test_datapipeline_runs_to_success(operator: KopfRunner, namespace: str) -> N
     assert status["outputs"]["uri"] == "/data/shards"
     assert status["completionTime"]
 
-    job = client.BatchV1Api().read_namespaced_job("corpus-data", namespace)
+    job = client.BatchV1Api().read_namespaced_job("corpus-run", namespace)
     assert job.spec.completions == 2
     assert job.metadata.owner_references[0].uid == obj["metadata"]["uid"]
     cm = client.CoreV1Api().read_namespaced_config_map("corpus-task", namespace)
     assert json.loads(cm.data["task.json"])["spec"]["workers"] == 2
-    pods = client.CoreV1Api().list_namespaced_pod(namespace, label_selector="job-name=corpus-data")
+    pods = client.CoreV1Api().list_namespaced_pod(
+        namespace, label_selector="batch.kubernetes.io/job-name=corpus-run"
+    )
     assert len(pods.items) == 2
 
 
@@ -84,7 +76,9 @@ def test_suspended_pipeline_starts_no_pods_until_resumed(
     conds = {c["type"]: c["status"] for c in _get(namespace, "paused")["status"]["conditions"]}
     assert conds["Suspended"] == "True"
     core = client.CoreV1Api()
-    assert not core.list_namespaced_pod(namespace, label_selector="job-name=paused-data").items
+    assert not core.list_namespaced_pod(
+        namespace, label_selector="batch.kubernetes.io/job-name=paused-run"
+    ).items
 
     client.CustomObjectsApi().patch_namespaced_custom_object(
         *GROUP_ARGS, namespace, "datapipelines", "paused", {"spec": {"suspend": False}}

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelsmith.api.common import BatchStatus, Phase
-from modelsmith.jobstatus import compute_status
+from modelsmith.conditions import Reason
+from modelsmith.jobstatus import compute_status, waiting_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -109,3 +110,30 @@ def test_transition_time_moves_only_when_a_condition_flips(
         assert cond.last_transition_time == expected, cond.type
     again = compute_status(after, second, generation=1, output_uri="/o", now=later + timedelta(1))
     assert again == after, "reconciling an unchanged world must not change the status"
+
+
+def test_termination_message_fills_outputs() -> None:
+    result = {"uri": "/published", "digest": "sha256:1", "metrics": {"loss": 2.5, "bad": "x"}}
+    status = compute_status(
+        BatchStatus(), _job(cond="Complete"), generation=1, output_uri="/o", now=T0, result=result
+    )
+    assert status.outputs is not None
+    assert (status.outputs.uri, status.outputs.digest) == ("/published", "sha256:1")
+    assert status.outputs.metrics == {"loss": 2.5}
+
+
+@pytest.mark.parametrize(
+    ("reason", "phase", "failed"),
+    [
+        (Reason.WAITING_FOR_INPUT, Phase.PENDING, "False"),
+        (Reason.UPSTREAM_NOT_FOUND, Phase.PENDING, "False"),
+        (Reason.UPSTREAM_FAILED, Phase.FAILED, "True"),
+    ],
+)
+def test_waiting_status(reason: Reason, phase: Phase, failed: str) -> None:
+    status = waiting_status(BatchStatus(), generation=2, now=T0, reason=reason, message="m")
+    assert status.phase == phase
+    conds = {c.type: c for c in status.conditions}
+    assert conds["Ready"].status.value == "False"
+    assert conds["Ready"].reason == reason
+    assert conds["Failed"].status.value == failed

@@ -136,11 +136,32 @@ class RunPolicy(CamelModel):
     )
 
 
-class WorkloadSpec(CamelModel):
-    """Fields every batch kind has: where its pods go and how they run."""
+LabelValue = Annotated[str, Field(max_length=63)]
 
+
+class PodMetadata(CamelModel):
+    """Labels and annotations added to every pod (sidecar injection, scraping, cost tags)."""
+
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Extra pod labels."
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=65536)]] = Field(
+        default_factory=dict, max_length=64, description="Extra pod annotations."
+    )
+
+
+class WorkloadSpec(CamelModel):
+    """Fields every batch kind has: where its artifact goes, where its pods go, how they run."""
+
+    output: Output = Field(
+        description="Where the artifact is published.",
+        json_schema_extra=immutable("output is immutable"),
+    )
     resources: Resources = defaulted(Resources, "What each worker asks the scheduler for.")
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+    pod_metadata: PodMetadata = Field(
+        default_factory=PodMetadata, description="Labels and annotations for the pods."
+    )
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict, max_length=32, description="Node labels the pods require."
     )
     tolerations: list[FreeForm] = Field(

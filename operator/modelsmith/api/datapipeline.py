@@ -14,13 +14,11 @@ from pydantic import Field
 from modelsmith.api.common import (
     BatchStatus,
     Input,
-    Output,
     Uri,
     WorkloadSpec,
     batch_columns,
     cel,
     defaulted,
-    immutable,
 )
 from modelsmith.api.meta import CamelModel, KindInfo
 
@@ -174,9 +172,6 @@ class DataPipelineSpec(WorkloadSpec):
         {"train": {"vocabSize": 32000}},
     )
     packing: Packing = defaulted(Packing, "Sequence packing.")
-    output: Output = Field(
-        description="Where the shards go.", json_schema_extra=immutable("output is immutable")
-    )
     workers: int = Field(
         default=1, ge=1, le=1024, description="Parallel workers, one Indexed Job pod each."
     )

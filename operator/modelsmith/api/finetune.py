@@ -10,12 +10,10 @@ from pydantic import Field
 from modelsmith.api.common import (
     BatchStatus,
     Input,
-    Output,
     WorkloadSpec,
     batch_columns,
     cel,
     defaulted,
-    immutable,
 )
 from modelsmith.api.meta import CamelModel, KindInfo
 from modelsmith.api.pretrain import Precision
@@ -87,9 +85,6 @@ class FineTuneSpec(WorkloadSpec):
     precision: Precision = Field(default=Precision.BF16, description="Mixed precision.")
     merge_adapter: bool = Field(
         default=False, description="Merge the adapter into the base weights when done."
-    )
-    output: Output = Field(
-        description="Where the model goes.", json_schema_extra=immutable("output is immutable")
     )
 
 

@@ -13,7 +13,6 @@ from pydantic import Field
 from modelsmith.api.common import (
     BatchStatus,
     Input,
-    Output,
     WorkloadSpec,
     batch_columns,
     cel,
@@ -162,6 +161,10 @@ class PretrainJobSpec(WorkloadSpec):
             "self.distribution.nodes * self.distribution.gpusPerNode) == 0",
             "training.globalBatchSize must be a multiple of microBatchSize * nodes * gpusPerNode",
         ),
+        (
+            "self.resources.gpus == 0 || self.resources.gpus == self.distribution.gpusPerNode",
+            "resources.gpus must equal distribution.gpusPerNode (or be left at 0)",
+        ),
     )
 
     dataset: Input = Field(description="Tokenized shards, usually fromRef a DataPipeline.")
@@ -176,9 +179,6 @@ class PretrainJobSpec(WorkloadSpec):
     precision: Precision = Field(default=Precision.BF16, description="Mixed precision.")
     distribution: Distribution = defaulted(Distribution, "Nodes, GPUs and strategy.")
     checkpoint: Checkpoint = defaulted(Checkpoint, "Checkpointing.")
-    output: Output = Field(
-        description="Where the model goes.", json_schema_extra=immutable("output is immutable")
-    )
 
 
 PRETRAINJOB = KindInfo(

@@ -10,12 +10,10 @@ from pydantic import Field
 from modelsmith.api.common import (
     BatchStatus,
     Input,
-    Output,
     WorkloadSpec,
     batch_columns,
     cel,
     defaulted,
-    immutable,
 )
 from modelsmith.api.meta import CamelModel, KindInfo
 
@@ -70,9 +68,6 @@ class QuantizeJobSpec(WorkloadSpec):
         description="Module names left unquantized (e.g. lm_head).",
     )
     quality_gate: QualityGate = defaulted(QualityGate, "Perplexity bound that fails the job.")
-    output: Output = Field(
-        description="Where the model goes.", json_schema_extra=immutable("output is immutable")
-    )
 
 
 QUANTIZEJOB = KindInfo(

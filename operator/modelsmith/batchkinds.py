@@ -1,0 +1,88 @@
+"""The four batch kinds, described once: which image, how many pods, which inputs.
+
+Everything else about running them (ConfigMap, Job, Service, status, refs) is shared,
+so a fifth batch kind is one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from modelsmith.api import DATAPIPELINE, FINETUNE, PRETRAINJOB, QUANTIZEJOB, KindInfo
+from modelsmith.api.common import Input, WorkloadSpec
+from modelsmith.api.datapipeline import DataPipelineSpec
+from modelsmith.api.finetune import FineTuneSpec
+from modelsmith.api.pretrain import Launcher, PretrainJobSpec
+from modelsmith.api.quantize import QuantizeJobSpec
+from modelsmith.builders.batch import Layout
+
+
+@dataclass(frozen=True)
+class BatchKind:
+    info: KindInfo
+    layout: Callable[[Any], Layout]
+    inputs: Callable[[Any], dict[str, Input | None]]
+
+    def parse(self, raw: dict[str, Any]) -> WorkloadSpec:
+        spec = self.info.spec.model_validate(raw)
+        if not isinstance(spec, WorkloadSpec):
+            raise TypeError(f"{self.info.kind} spec is not a WorkloadSpec")
+        return spec
+
+
+def _data_layout(s: DataPipelineSpec) -> Layout:
+    return Layout("data", workers=s.workers, gpus_per_worker=s.resources.gpus)
+
+
+def _data_inputs(s: DataPipelineSpec) -> dict[str, Input | None]:
+    perplexity = s.filters.perplexity
+    return {
+        "tokenizer": s.tokenizer.existing,
+        "referenceModel": perplexity.reference_model if perplexity else None,
+    }
+
+
+def _pretrain_layout(s: PretrainJobSpec) -> Layout:
+    d = s.distribution
+    return Layout(
+        "trainer",
+        workers=d.nodes,
+        gpus_per_worker=d.gpus_per_node,
+        torchrun=d.launcher == Launcher.TORCHRUN,
+    )
+
+
+def _finetune_layout(s: FineTuneSpec) -> Layout:
+    gpus = s.resources.gpus
+    return Layout("trainer", workers=1, gpus_per_worker=gpus, torchrun=gpus > 1)
+
+
+def _quantize_inputs(s: QuantizeJobSpec) -> dict[str, Input | None]:
+    return {
+        "model": s.model,
+        "calibration": s.calibration.dataset if s.calibration else None,
+        "evalDataset": s.quality_gate.eval_dataset,
+    }
+
+
+BATCH_KINDS: tuple[BatchKind, ...] = (
+    BatchKind(DATAPIPELINE, _data_layout, _data_inputs),
+    BatchKind(
+        PRETRAINJOB,
+        _pretrain_layout,
+        lambda s: {"dataset": s.dataset, "tokenizer": s.tokenizer},
+    ),
+    BatchKind(
+        FINETUNE,
+        _finetune_layout,
+        lambda s: {"baseModel": s.base_model, "dataset": s.dataset},
+    ),
+    BatchKind(
+        QUANTIZEJOB,
+        lambda s: Layout("quantizer", workers=1, gpus_per_worker=s.resources.gpus),
+        _quantize_inputs,
+    ),
+)
+PLURALS = {k.info.kind: k.info.plural for k in BATCH_KINDS}

@@ -1,0 +1,211 @@
+"""Desired children of any batch kind: task-config ConfigMap, Indexed Job, headless Service.
+
+Pure: typed spec in, manifest dicts out, with deterministic names, so a reconcile can
+rebuild them at any time and server-side apply turns "same input" into "no change".
+Multi-pod runs get a headless Service so pod 0 has a stable DNS name, which is where
+torchrun's static rendezvous (MASTER_ADDR) points, as in Kubeflow's PyTorchJob.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from modelsmith.api.common import WorkloadSpec
+from modelsmith.api.meta import GROUP, VERSION
+from modelsmith.config import Settings
+
+TASK_CONFIG_KEY = "task.json"
+TASK_CONFIG_DIR = "/etc/modelsmith"
+TASK_API_VERSION = "task.modelsmith.io/v1alpha1"
+RENDEZVOUS_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Identity of the custom resource that owns (and garbage-collects) its children."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def labels(self, component: str) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": f"modelsmith-{component}",
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": "modelsmith",
+            f"{GROUP}/{self.kind.lower()}": self.name,
+        }
+
+    def metadata(self, name: str, component: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": self.labels(component),
+            "ownerReferences": [self.reference()],
+        }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run maps onto pods: one Indexed Job pod per worker (node)."""
+
+    component: str
+    """Image and container name: data, trainer or quantizer."""
+    workers: int
+    gpus_per_worker: int
+    torchrun: bool = False
+    """Launch with torchrun across the workers (rendezvous at pod 0)."""
+
+
+def job_name(owner: Owner) -> str:
+    return f"{owner.name}-run"
+
+
+def config_name(owner: Owner) -> str:
+    return f"{owner.name}-task"
+
+
+def service_name(owner: Owner) -> str:
+    return f"{owner.name}-workers"
+
+
+def task_config(
+    owner: Owner, spec: WorkloadSpec, inputs: dict[str, str], output_uri: str
+) -> dict[str, Any]:
+    """What the workload reads: its spec, with every input resolved to a URI."""
+    return {
+        "apiVersion": TASK_API_VERSION,
+        "kind": owner.kind,
+        "name": owner.name,
+        "inputs": inputs,
+        "output": output_uri,
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def desired_configmap(owner: Owner, layout: Layout, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owner.metadata(config_name(owner), layout.component),
+        "data": {TASK_CONFIG_KEY: json.dumps(config, indent=2, sort_keys=True)},
+    }
+
+
+def desired_service(owner: Owner, layout: Layout) -> dict[str, Any] | None:
+    """A headless Service naming each worker pod; None for single-pod runs."""
+    if layout.workers < 2:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": owner.metadata(service_name(owner), layout.component),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {"batch.kubernetes.io/job-name": job_name(owner)},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def _env(owner: Owner, spec: WorkloadSpec, layout: Layout) -> list[dict[str, Any]]:
+    path = f"{TASK_CONFIG_DIR}/{TASK_CONFIG_KEY}"
+    env: list[dict[str, Any]] = [
+        {"name": "MODELSMITH_TASK_CONFIG", "value": path},
+        {"name": "MODELSMITH_WORKERS", "value": str(layout.workers)},
+        {
+            "name": "MODELSMITH_WORKER_INDEX",
+            "valueFrom": {
+                "fieldRef": {
+                    "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+                }
+            },
+        },
+    ]
+    if layout.torchrun:
+        env += [
+            {"name": "MASTER_ADDR", "value": f"{job_name(owner)}-0.{service_name(owner)}"},
+            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+            {"name": "NNODES", "value": str(layout.workers)},
+            {"name": "NPROC_PER_NODE", "value": str(max(layout.gpus_per_worker, 1))},
+        ]
+    env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
+    return env
+
+
+def _pod_metadata(owner: Owner, spec: WorkloadSpec, layout: Layout) -> dict[str, Any]:
+    """The user's labels first, ours on top: selectors must keep matching."""
+    meta: dict[str, Any] = {"labels": spec.pod_metadata.labels | owner.labels(layout.component)}
+    if spec.pod_metadata.annotations:
+        meta["annotations"] = dict(spec.pod_metadata.annotations)
+    return meta
+
+
+def desired_job(
+    owner: Owner, spec: WorkloadSpec, layout: Layout, settings: Settings
+) -> dict[str, Any]:
+    res = spec.resources
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if layout.gpus_per_worker:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(layout.gpus_per_worker)
+    args = [layout.component, f"--task-config={TASK_CONFIG_DIR}/{TASK_CONFIG_KEY}"]
+    container = {
+        "name": layout.component,
+        "image": spec.image or settings.image(layout.component),
+        "args": args,
+        "env": _env(owner, spec, layout),
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": [{"name": "task-config", "mountPath": TASK_CONFIG_DIR, "readOnly": True}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [{"name": "task-config", "configMap": {"name": config_name(owner)}}],
+    }
+    if layout.workers > 1:
+        pod["subdomain"] = service_name(owner)
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = list(spec.tolerations)
+    if spec.affinity:
+        pod["affinity"] = spec.affinity
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    if spec.service_account_name:
+        pod["serviceAccountName"] = spec.service_account_name
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": layout.workers,
+        "parallelism": layout.workers,
+        "backoffLimit": spec.run_policy.backoff_limit,
+        "suspend": spec.suspend,
+        "template": {"metadata": _pod_metadata(owner, spec, layout), "spec": pod},
+    }
+    if spec.run_policy.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": owner.metadata(job_name(owner), layout.component),
+        "spec": job_spec,
+    }

@@ -1,0 +1,151 @@
+"""kopf handlers shared by the four batch kinds: parse, resolve, build, apply, observe.
+
+Reconcile is level-based: the same function runs on create, on spec change, on
+operator restart and on a timer, and each time re-reads upstream resources and the
+Job as they are, so a restarted operator picks up where the cluster is.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelsmith import k8s
+from modelsmith.api.common import BatchStatus, Phase
+from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
+from modelsmith.batchkinds import PLURALS, BatchKind
+from modelsmith.builders.batch import (
+    Owner,
+    desired_configmap,
+    desired_job,
+    desired_service,
+    job_name,
+    task_config,
+)
+from modelsmith.conditions import Reason, set_condition
+from modelsmith.config import Settings
+from modelsmith.jobstatus import compute_status, waiting_status
+from modelsmith.refs import Resolution, resolve
+
+RESYNC_SECONDS = 5.0
+
+
+def _status_patch(old: dict[str, Any], new: BatchStatus) -> dict[str, Any]:
+    """Only the fields that changed, so an unchanged world writes nothing."""
+    rendered = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {k: v for k, v in rendered.items() if old.get(k) != v}
+
+
+def _fetch_upstream(namespace: str) -> Any:
+    def fetch(kind: str, name: str) -> dict[str, Any] | None:
+        return k8s.get(f"{GROUP}/{VERSION}", kind, namespace, name, plural=PLURALS[kind])
+
+    return fetch
+
+
+def _worker_result(namespace: str, job: str) -> dict[str, Any] | None:
+    """The JSON that worker 0 wrote to its termination message, if it wrote one."""
+    pods = k8s.list_("v1", "Pod", namespace, f"batch.kubernetes.io/job-name={job}")
+    for pod in pods:
+        index = (
+            pod["metadata"].get("annotations", {}).get("batch.kubernetes.io/job-completion-index")
+        )
+        if index != "0" or pod.get("status", {}).get("phase") != "Succeeded":
+            continue
+        for status in pod["status"].get("containerStatuses", []):
+            message = status.get("state", {}).get("terminated", {}).get("message")
+            try:
+                parsed = json.loads(message) if message else None
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                return parsed
+    return None
+
+
+def _waiting(resolution: Resolution) -> tuple[Reason, str]:
+    if resolution.failed:
+        return Reason.UPSTREAM_FAILED, f"upstream failed: {', '.join(resolution.failed)}"
+    if resolution.missing:
+        return Reason.UPSTREAM_NOT_FOUND, f"upstream not found: {', '.join(resolution.missing)}"
+    return Reason.WAITING_FOR_INPUT, f"waiting for: {', '.join(resolution.pending)}"
+
+
+def reconcile(
+    kind: BatchKind, body: kopf.Body, patch: kopf.Patch, settings: Settings
+) -> BatchStatus:
+    meta, generation = body["metadata"], int(body["metadata"].get("generation", 1))
+    old_status = dict(body.get("status", {}) or {})
+    current = BatchStatus.model_validate(old_status)
+    now = datetime.now(UTC)
+    try:
+        spec = kind.parse(dict(body["spec"]))
+    except ValidationError as exc:
+        conds = set_condition(
+            list(current.conditions),
+            "Ready",
+            ConditionStatus.FALSE,
+            reason=Reason.INVALID_SPEC,
+            message=str(exc),
+            now=now,
+            generation=generation,
+        )
+        invalid = current.model_copy(
+            update={"conditions": conds, "observed_generation": generation}
+        )
+        patch.status.update(_status_patch(old_status, invalid))
+        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+
+    owner = Owner(kind.info.kind, meta["name"], meta["namespace"], meta["uid"])
+    resolution = resolve(kind.inputs(spec), _fetch_upstream(owner.namespace))
+    if not resolution.ready:
+        reason, message = _waiting(resolution)
+        new = waiting_status(
+            current, generation=generation, now=now, reason=reason, message=message
+        )
+    else:
+        layout = kind.layout(spec)
+        output_uri = spec.output.uri
+        config = task_config(owner, spec, resolution.uris, output_uri)
+        k8s.apply(desired_configmap(owner, layout, config))
+        service = desired_service(owner, layout)
+        if service is not None:
+            k8s.apply(service)
+        k8s.apply(desired_job(owner, spec, layout, settings))
+        job = k8s.get("batch/v1", "Job", owner.namespace, job_name(owner))
+        done = job is not None and int(job.get("status", {}).get("succeeded", 0) or 0) > 0
+        result = _worker_result(owner.namespace, job_name(owner)) if done else None
+        new = compute_status(
+            current, job, generation=generation, output_uri=output_uri, now=now, result=result
+        ).model_copy(update={"lineage": resolution.lineage})
+    changed = _status_patch(old_status, new)
+    if changed:
+        patch.status.update(changed)
+        if new.phase != current.phase:
+            ready = next((c for c in new.conditions if c.type == "Ready"), None)
+            kopf.info(
+                body,
+                reason=str(new.phase),
+                message=ready.message if ready and ready.message else f"phase {new.phase}",
+            )
+    return new
+
+
+def register(kind: BatchKind, settings: Settings) -> None:
+    resource = (GROUP, VERSION, kind.info.plural)
+
+    @kopf.on.resume(*resource)
+    @kopf.on.create(*resource)
+    @kopf.on.update(*resource, field="spec")
+    def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        reconcile(kind, body, patch, settings)
+
+    @kopf.timer(*resource, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+    def resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        if body.get("status", {}).get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
+            return
+        reconcile(kind, body, patch, settings)

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelsmith.api.datapipeline import DataPipelineSpec
+from modelsmith.api.pretrain import PretrainJobSpec
+from modelsmith.batchkinds import BATCH_KINDS
+from modelsmith.builders.batch import (
+    Layout,
+    Owner,
+    desired_configmap,
+    desired_job,
+    desired_service,
+    task_config,
+)
+from modelsmith.config import Settings
+
+OWNER = Owner("DataPipeline", "corpus", "ml", "uid-1")
+SETTINGS = Settings(image_registry="registry.test/ms", image_tag="1.2.3")
+KIND = {k.info.kind: k for k in BATCH_KINDS}
+
+
+def _data(**extra: object) -> DataPipelineSpec:
+    return DataPipelineSpec.model_validate(
+        {"sources": [{"uri": "s3://b/raw", "format": "jsonl"}], "output": {"uri": "s3://b/out"}}
+        | extra
+    )
+
+
+def _pretrain(**distribution: object) -> PretrainJobSpec:
+    return PretrainJobSpec.model_validate(
+        {
+            "dataset": {"fromRef": {"kind": "DataPipeline", "name": "corpus"}},
+            "architecture": {"layers": 2, "hiddenSize": 128, "heads": 4},
+            "training": {
+                "globalBatchSize": 32,
+                "microBatchSize": 2,
+                "learningRate": 1e-3,
+                "steps": 10,
+            },
+            "distribution": distribution,
+            "output": {"uri": "/m"},
+        }
+    )
+
+
+def _container(job: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = job["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _env(job: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in _container(job)["env"]}
+
+
+def test_data_job_is_indexed_owned_and_deterministic() -> None:
+    layout = KIND["DataPipeline"].layout(_data(workers=4))
+    job = desired_job(OWNER, _data(workers=4), layout, SETTINGS)
+    assert job == desired_job(OWNER, _data(workers=4), layout, SETTINGS)
+    assert job["metadata"]["name"] == "corpus-run"
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
+    assert job["spec"]["backoffLimit"] == 3
+    ref = job["metadata"]["ownerReferences"][0]
+    assert (ref["kind"], ref["uid"], ref["controller"]) == ("DataPipeline", "uid-1", True)
+    assert _container(job)["image"] == "registry.test/ms/data:1.2.3"
+    assert job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"] == "corpus-task"
+    assert "MASTER_ADDR" not in _env(job)
+
+
+def test_gpus_are_requested_only_when_asked_for() -> None:
+    cpu = desired_job(OWNER, _data(), Layout("data", 1, 0), SETTINGS)
+    assert "nvidia.com/gpu" not in _container(cpu)["resources"]["requests"]
+    gpu = desired_job(OWNER, _data(), Layout("data", 1, 2), SETTINGS)
+    assert _container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_multinode_pretraining_gets_torchrun_rendezvous_and_a_headless_service() -> None:
+    spec = _pretrain(nodes=2, gpusPerNode=8)
+    owner = Owner("PretrainJob", "llm", "ml", "uid-2")
+    layout = KIND["PretrainJob"].layout(spec)
+    assert layout == Layout("trainer", workers=2, gpus_per_worker=8, torchrun=True)
+    job = desired_job(owner, spec, layout, SETTINGS)
+    env = _env(job)
+    assert env["MASTER_ADDR"] == "llm-run-0.llm-workers"
+    assert (env["NNODES"], env["NPROC_PER_NODE"], env["MASTER_PORT"]) == ("2", "8", "29500")
+    assert job["spec"]["template"]["spec"]["subdomain"] == "llm-workers"
+    service = desired_service(owner, layout)
+    assert service is not None
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": "llm-run"}
+    assert desired_service(owner, Layout("trainer", 1, 8)) is None
+
+
+def test_scheduling_fields_and_run_policy_reach_the_pod() -> None:
+    spec = _data(
+        nodeSelector={"pool": "cpu"},
+        tolerations=[{"key": "spot", "operator": "Exists"}],
+        priorityClassName="batch-low",
+        serviceAccountName="reader",
+        env=[{"name": "HF_HOME", "value": "/cache"}],
+        runPolicy={"backoffLimit": 0, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 60},
+        image="mine/data:dev",
+        suspend=True,
+        podMetadata={
+            "labels": {"team": "ml", "app.kubernetes.io/instance": "spoof"},
+            "annotations": {"prometheus.io/scrape": "true"},
+        },
+    )
+    job = desired_job(OWNER, spec, Layout("data", 1, 0), SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "cpu"}
+    assert pod["tolerations"] == [{"key": "spot", "operator": "Exists"}]
+    assert (pod["priorityClassName"], pod["serviceAccountName"]) == ("batch-low", "reader")
+    assert _env(job)["HF_HOME"] == "/cache"
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+    assert job["spec"]["ttlSecondsAfterFinished"] == 60
+    assert job["spec"]["suspend"] is True
+    assert _container(job)["image"] == "mine/data:dev"
+    template = job["spec"]["template"]["metadata"]
+    assert template["labels"]["team"] == "ml"
+    assert template["labels"]["app.kubernetes.io/instance"] == "corpus", "ours win"
+    assert template["annotations"] == {"prometheus.io/scrape": "true"}
+
+
+def test_configmap_holds_resolved_inputs_and_the_spec() -> None:
+    config = task_config(OWNER, _data(workers=2), {"tokenizer": "/tok"}, "s3://b/out")
+    cm = desired_configmap(OWNER, Layout("data", 2, 0), config)
+    loaded = json.loads(cm["data"]["task.json"])
+    assert loaded == config
+    assert loaded["inputs"] == {"tokenizer": "/tok"}
+    assert loaded["spec"]["workers"] == 2
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+EXPECTED_REFS = {
+    "PretrainJob": {"dataset": "DataPipeline/tiny-corpus"},
+    "FineTune": {"baseModel": "PretrainJob/tiny-llama"},
+    "QuantizeJob": {"model": "FineTune/tiny-llama-chat"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_REFS))
+def test_each_sample_names_its_upstream_as_an_input(kind: str) -> None:
+    doc = next(
+        d for d in yaml.safe_load_all((SAMPLES / "chain.yaml").read_text()) if d["kind"] == kind
+    )
+    batch = KIND[kind]
+    inputs = batch.inputs(batch.parse(doc["spec"]))
+    refs = {
+        name: f"{i.from_ref.kind}/{i.from_ref.name}"
+        for name, i in inputs.items()
+        if i is not None and i.from_ref is not None
+    }
+    assert refs == EXPECTED_REFS[kind]
