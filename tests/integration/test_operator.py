@@ -108,3 +108,82 @@ def test_kopf_bookkeeping_stays_out_of_status(operator: KopfRunner, namespace: s
     obj = _get(namespace, "tidy")
     assert "kopf" not in obj["status"]
     assert any(k.startswith("modelsmith.io/") for k in obj["metadata"].get("annotations", {}))
+
+
+def test_suspend_mid_run_stops_the_pods_and_resume_finishes(
+    operator: KopfRunner, namespace: str
+) -> None:
+    _create(
+        namespace,
+        "mid",
+        podMetadata={"annotations": {"kwok.modelsmith.io/run-duration": "8s"}},
+    )
+    wait_for(lambda: _phase(namespace, "mid") == "Running", timeout=60, what="Running")
+    api = client.CustomObjectsApi()
+    core = client.CoreV1Api()
+    selector = "batch.kubernetes.io/job-name=mid-run"
+    api.patch_namespaced_custom_object(
+        *GROUP_ARGS, namespace, "datapipelines", "mid", {"spec": {"suspend": True}}
+    )
+    wait_for(
+        lambda: not core.list_namespaced_pod(namespace, label_selector=selector).items,
+        timeout=60,
+        what="the running pods to be stopped",
+    )
+    wait_for(
+        lambda: (
+            {c["type"]: c["status"] for c in _get(namespace, "mid")["status"]["conditions"]}.get(
+                "Suspended"
+            )
+            == "True"
+        ),
+        what="Suspended=True",
+    )
+    api.patch_namespaced_custom_object(
+        *GROUP_ARGS, namespace, "datapipelines", "mid", {"spec": {"suspend": False}}
+    )
+    wait_for(lambda: _phase(namespace, "mid") == "Succeeded", timeout=90, what="Succeeded")
+
+
+def test_operator_restart_mid_run_loses_nothing_and_duplicates_nothing(
+    crds: list[str], namespace: str
+) -> None:
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "modelsmith.kopf_entry"]
+    with KopfRunner(args, timeout=60) as first:
+        _create(
+            namespace,
+            "steady",
+            workers=2,
+            podMetadata={"annotations": {"kwok.modelsmith.io/run-duration": "10s"}},
+        )
+        wait_for(lambda: _phase(namespace, "steady") == "Running", timeout=60, what="Running")
+        started = _get(namespace, "steady")["status"]["startTime"]
+    assert first.exception is None, first.output
+
+    with KopfRunner(args, timeout=60) as second:
+        wait_for(lambda: _phase(namespace, "steady") == "Succeeded", timeout=90, what="Succeeded")
+    assert second.exception is None, second.output
+
+    assert _get(namespace, "steady")["status"]["startTime"] == started
+    jobs = client.BatchV1Api().list_namespaced_job(namespace).items
+    assert [j.metadata.name for j in jobs] == ["steady-run"]
+    pods = client.CoreV1Api().list_namespaced_pod(namespace).items
+    assert len(pods) == 2, [p.metadata.name for p in pods]
+
+
+def test_phase_changes_are_recorded_as_events(operator: KopfRunner, namespace: str) -> None:
+    _create(namespace, "noisy")
+    wait_for(lambda: _phase(namespace, "noisy") == "Succeeded", timeout=90, what="Succeeded")
+
+    def reasons() -> set[str]:
+        events = (
+            client.CoreV1Api()
+            .list_namespaced_event(
+                namespace,
+                field_selector="involvedObject.name=noisy,involvedObject.kind=DataPipeline",
+            )
+            .items
+        )
+        return {e.reason for e in events}
+
+    wait_for(lambda: {"Pending", "Succeeded"} <= reasons(), timeout=30, what="phase events")

@@ -127,8 +127,11 @@ def reconcile(
         patch.status.update(changed)
         if new.phase != current.phase:
             ready = next((c for c in new.conditions if c.type == "Ready"), None)
-            kopf.info(
+            # kopf.event, not kopf.info: our own phase events must not be filtered by the
+            # posting level that keeps kopf's per-handler chatter out of `kubectl describe`.
+            kopf.event(
                 body,
+                type="Warning" if new.phase == Phase.FAILED else "Normal",
                 reason=str(new.phase),
                 message=ready.message if ready and ready.message else f"phase {new.phase}",
             )
