@@ -26,7 +26,7 @@ kubectl apply -n "$ns" --dry-run=server -f samples/inferenceservice.yaml
 
 log=$(mktemp -t modelsmith-operator.XXXXXX.log)
 echo "== starting the operator (log: $log)"
-modelsmith run --namespace "$ns" >"$log" 2>&1 &
+modelsmith run --namespace "$ns" --metrics-port 0 --log-format text >"$log" 2>&1 &
 operator=$!
 trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null || true' EXIT
 

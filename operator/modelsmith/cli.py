@@ -60,7 +60,12 @@ def _crds(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from modelsmith.runner import run
 
-    return run(namespaces=args.namespace, all_namespaces=args.all_namespaces)
+    return run(
+        namespaces=args.namespace,
+        all_namespaces=args.all_namespaces,
+        metrics_port=args.metrics_port,
+        log_format=args.log_format,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", action="append", default=[], help="watch only this namespace"
     )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    run.add_argument(
+        "--metrics-port", type=int, default=8080, help="serve Prometheus /metrics (0: off)"
+    )
+    run.add_argument(
+        "--log-format", choices=["json", "text"], default="json", help="structured or plain logs"
+    )
     run.set_defaults(func=_run)
 
     dev = sub.add_parser("dev", help="the local control plane (etcd, apiserver, kwok nodes)")

@@ -13,6 +13,7 @@ from typing import Any, cast
 from kubernetes import client, config
 
 from modelsmith.config import FIELD_MANAGER
+from modelsmith.metrics import API_REQUESTS
 
 _PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
@@ -56,6 +57,7 @@ def _call(
     query: list[tuple[str, str]] | None = None,
     content_type: str = "application/json",
 ) -> dict[str, Any]:
+    API_REQUESTS.labels(method).inc()
     api = client.ApiClient()
     _m, url, headers, payload, _files = api.param_serialize(
         method,

@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from modelsmith import k8s
+from modelsmith import k8s, metrics
 from modelsmith.batchkinds import BATCH_KINDS
 from modelsmith.config import Settings
 from modelsmith.handlers import batch
@@ -48,8 +48,12 @@ def register_all() -> None:
         batch.register(kind, app_settings)
 
 
-def run(namespaces: list[str], all_namespaces: bool) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+def run(namespaces: list[str], all_namespaces: bool, metrics_port: int, log_format: str) -> int:
+    kopf.configure(
+        verbose=False,
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+    )
+    metrics.serve(metrics_port)
     import modelsmith.kopf_entry  # noqa: F401  (registers the handlers)
 
     kopf.run(

@@ -29,6 +29,7 @@ from modelsmith.builders.batch import (
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.jobstatus import compute_status, waiting_status
+from modelsmith.metrics import RECONCILE_SECONDS, RECONCILES
 from modelsmith.refs import Resolution, resolve
 
 RESYNC_SECONDS = 5.0
@@ -138,6 +139,16 @@ def reconcile(
     return new
 
 
+def _measured(kind: BatchKind, body: kopf.Body, patch: kopf.Patch, settings: Settings) -> None:
+    outcome = "error"
+    with RECONCILE_SECONDS.labels(kind.info.kind).time():
+        try:
+            reconcile(kind, body, patch, settings)
+            outcome = "ok"
+        finally:
+            RECONCILES.labels(kind.info.kind, outcome).inc()
+
+
 def register(kind: BatchKind, settings: Settings) -> None:
     resource = (GROUP, VERSION, kind.info.plural)
 
@@ -145,10 +156,10 @@ def register(kind: BatchKind, settings: Settings) -> None:
     @kopf.on.create(*resource)
     @kopf.on.update(*resource, field="spec")
     def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        reconcile(kind, body, patch, settings)
+        _measured(kind, body, patch, settings)
 
     @kopf.timer(*resource, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
     def resync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         if body.get("status", {}).get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
             return
-        reconcile(kind, body, patch, settings)
+        _measured(kind, body, patch, settings)
