@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from kubernetes import client, config
 
+from modelsmith.api.meta import GROUP, VERSION
 from modelsmith.config import FIELD_MANAGER
 from modelsmith.metrics import API_REQUESTS
 
@@ -103,3 +104,13 @@ def list_(api_version: str, kind: str, namespace: str, selector: str) -> list[di
         query=[("labelSelector", selector)],
     )
     return cast(list[dict[str, Any]], result.get("items", []))
+
+
+def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch a modelsmith resource's status subresource (lists are replaced whole)."""
+    return _call(
+        "PATCH",
+        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}/status",
+        body={"status": status},
+        content_type="application/merge-patch+json",
+    )

@@ -25,6 +25,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     )
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
+    # Handlers wait on the API server, not the CPU: more threads, more in flight.
+    settings.execution.max_workers = 32
 
 
 GROUP_PREFIX = "modelsmith.io"
@@ -46,6 +48,7 @@ def register_all() -> None:
 
     for kind in BATCH_KINDS:
         batch.register(kind, app_settings)
+    batch.register_job_watch(app_settings)
 
 
 def run(namespaces: list[str], all_namespaces: bool, metrics_port: int, log_format: str) -> int:

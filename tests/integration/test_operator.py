@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -186,4 +187,12 @@ def test_phase_changes_are_recorded_as_events(operator: KopfRunner, namespace: s
         )
         return {e.reason for e in events}
 
-    wait_for(lambda: {"Pending", "Succeeded"} <= reasons(), timeout=30, what="phase events")
+    # The first phase is Pending or, when the Job controller is quick, already Running.
+    def complete() -> bool:
+        seen = reasons()
+        return "Succeeded" in seen and bool(seen & {"Pending", "Running"})
+
+    deadline = time.monotonic() + 30
+    while not complete() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert complete(), (reasons(), _get(namespace, "noisy")["status"])
