@@ -31,6 +31,7 @@ from modelsmith.devcluster.nodes import NodeShape, node_manifest
 
 GPUS_PER_NODE = 8
 METRICS_PORT = 18090
+POLL_SECONDS = 1.0  # each poll LISTs N objects: faster polling loads the API server
 LONG_RUN = {"kwok.modelsmith.io/run-duration": "1h"}
 
 
@@ -65,7 +66,7 @@ def watch_until(
             key = name.removesuffix("-run")
             if key in names and key not in seen and done(item):
                 seen[key] = time.monotonic() - created[key]
-        time.sleep(0.2)
+        time.sleep(POLL_SECONDS)
     return seen
 
 

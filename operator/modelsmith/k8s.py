@@ -6,6 +6,7 @@ same desired object twice is a no-op and fields other controllers own are left a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, cast
@@ -50,6 +51,16 @@ class ApiError(Exception):
         self.status = status
 
 
+@functools.cache
+def _api_client() -> client.ApiClient:
+    """One client, so one pool of kept-alive TLS connections, for every handler thread.
+
+    A client per call opened a new TLS connection (with a client-certificate handshake)
+    per request, which under load cost more than the requests themselves.
+    """
+    return client.ApiClient()
+
+
 def _call(
     method: str,
     path: str,
@@ -59,7 +70,7 @@ def _call(
     content_type: str = "application/json",
 ) -> dict[str, Any]:
     API_REQUESTS.labels(method).inc()
-    api = client.ApiClient()
+    api = _api_client()
     _m, url, headers, payload, _files = api.param_serialize(
         method,
         path,
@@ -106,11 +117,14 @@ def list_(api_version: str, kind: str, namespace: str, selector: str) -> list[di
     return cast(list[dict[str, Any]], result.get("items", []))
 
 
-def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-    """Merge-patch a modelsmith resource's status subresource (lists are replaced whole)."""
+def patch_status(
+    plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str
+) -> dict[str, Any]:
+    """Merge-patch a modelsmith resource's status (lists are replaced whole); 409 when the
+    resource is no longer at ``resource_version``."""
     return _call(
         "PATCH",
         f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}/status",
-        body={"status": status},
+        body={"metadata": {"resourceVersion": resource_version}, "status": status},
         content_type="application/merge-patch+json",
     )

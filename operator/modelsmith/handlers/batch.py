@@ -102,9 +102,28 @@ def _waiting(resolution: Resolution) -> tuple[Reason, str]:
     return Reason.WAITING_FOR_INPUT, f"waiting for: {', '.join(resolution.pending)}"
 
 
-def reconcile(
-    kind: BatchKind, body: kopf.Body, patch: kopf.Patch, settings: Settings
-) -> BatchStatus:
+class StaleReadError(Exception):
+    """The resource changed since it was read; reconcile again from a fresh read."""
+
+
+def _write_status(kind: BatchKind, body: kopf.Body, changed: dict[str, Any]) -> None:
+    """Patch the status only if nobody wrote the resource since ``body`` was read.
+
+    Two paths reconcile a resource (its own events and its Job's); without this
+    precondition the slower one could overwrite a newer status with an older one.
+    """
+    meta = body["metadata"]
+    try:
+        k8s.patch_status(
+            kind.info.plural, meta["namespace"], meta["name"], changed, meta["resourceVersion"]
+        )
+    except k8s.ApiError as exc:
+        if exc.status == 409:
+            raise StaleReadError(f"{kind.info.kind} {meta['name']} changed meanwhile") from exc
+        raise
+
+
+def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStatus:
     meta, generation = body["metadata"], int(body["metadata"].get("generation", 1))
     old_status = dict(body.get("status", {}) or {})
     current = BatchStatus.model_validate(old_status)
@@ -124,7 +143,7 @@ def reconcile(
         invalid = current.model_copy(
             update={"conditions": conds, "observed_generation": generation}
         )
-        patch.status.update(_status_patch(old_status, invalid))
+        _write_status(kind, body, _status_patch(old_status, invalid))
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
 
     owner = Owner(kind.info.kind, meta["name"], meta["namespace"], meta["uid"])
@@ -151,7 +170,7 @@ def reconcile(
         ).model_copy(update={"lineage": resolution.lineage})
     changed = _status_patch(old_status, new)
     if changed:
-        patch.status.update(changed)
+        _write_status(kind, body, changed)
         if new.phase != current.phase:
             ready = next((c for c in new.conditions if c.type == "Ready"), None)
             # kopf.event, not kopf.info: our own phase events must not be filtered by the
@@ -165,12 +184,15 @@ def reconcile(
     return new
 
 
-def _measured(kind: BatchKind, body: kopf.Body, patch: kopf.Patch, settings: Settings) -> None:
+def _measured(kind: BatchKind, body: kopf.Body, settings: Settings) -> None:
     outcome = "error"
     with RECONCILE_SECONDS.labels(kind.info.kind).time():
         try:
-            reconcile(kind, body, patch, settings)
+            reconcile(kind, body, settings)
             outcome = "ok"
+        except StaleReadError as exc:
+            outcome = "stale"
+            raise kopf.TemporaryError(str(exc), delay=0.5) from exc
         finally:
             RECONCILES.labels(kind.info.kind, outcome).inc()
 
@@ -181,20 +203,20 @@ def register(kind: BatchKind, settings: Settings) -> None:
     @kopf.on.resume(*resource)
     @kopf.on.create(*resource)
     @kopf.on.update(*resource, field="spec")
-    def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        _measured(kind, body, patch, settings)
+    def on_change(body: kopf.Body, **_: Any) -> None:
+        _measured(kind, body, settings)
 
     @kopf.timer(*resource, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-    def resync_waiting(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    def resync_waiting(body: kopf.Body, **_: Any) -> None:
         """Polls what no Job event announces: inputs becoming ready."""
         if body.get("status", {}).get("phase") in (None, Phase.PENDING):
-            _measured(kind, body, patch, settings)
+            _measured(kind, body, settings)
 
     @kopf.timer(*resource, interval=SLOW_RESYNC_SECONDS, initial_delay=SLOW_RESYNC_SECONDS)
-    def resync_running(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    def resync_running(body: kopf.Body, **_: Any) -> None:
         """A safety net: a status written from a stale read is corrected within a minute."""
         if body.get("status", {}).get("phase") == Phase.RUNNING:
-            _measured(kind, body, patch, settings)
+            _measured(kind, body, settings)
 
 
 _JOB_SEEN: dict[str, tuple[Any, ...]] = {}
@@ -245,12 +267,14 @@ def register_job_watch(settings: Settings) -> None:
         if owner is None or kind is None:
             return
         namespace = body["metadata"]["namespace"]
-        current = k8s.get(
-            f"{GROUP}/{VERSION}", kind.info.kind, namespace, owner["name"], kind.info.plural
-        )
-        if current is None or current["metadata"]["uid"] != owner["uid"]:
-            return
-        patch = kopf.Patch()
-        _measured(kind, kopf.Body(cast(kopf.RawBody, current)), patch, settings)
-        if patch.get("status"):
-            k8s.patch_status(kind.info.plural, namespace, owner["name"], dict(patch["status"]))
+        for _attempt in range(3):  # a fresh read each time the status moved under us
+            current = k8s.get(
+                f"{GROUP}/{VERSION}", kind.info.kind, namespace, owner["name"], kind.info.plural
+            )
+            if current is None or current["metadata"]["uid"] != owner["uid"]:
+                return
+            try:
+                _measured(kind, kopf.Body(cast(kopf.RawBody, current)), settings)
+                return
+            except kopf.TemporaryError:
+                continue
