@@ -117,6 +117,12 @@ def list_(api_version: str, kind: str, namespace: str, selector: str) -> list[di
     return cast(list[dict[str, Any]], result.get("items", []))
 
 
+def list_custom(plural: str, namespace: str) -> list[dict[str, Any]]:
+    """All modelsmith resources of one kind in a namespace."""
+    result = _call("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}")
+    return cast(list[dict[str, Any]], result.get("items", []))
+
+
 def patch_status(
     plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str
 ) -> dict[str, Any]:

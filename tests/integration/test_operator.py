@@ -196,3 +196,26 @@ def test_phase_changes_are_recorded_as_events(operator: KopfRunner, namespace: s
     while not complete() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert complete(), (reasons(), _get(namespace, "noisy")["status"])
+
+
+def test_resources_can_be_deleted_while_the_operator_is_down(
+    crds: list[str], namespace: str
+) -> None:
+    """No kopf finalizer: uninstalling the operator must not wedge deletes or namespaces."""
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "modelsmith.kopf_entry"]
+    with KopfRunner(args, timeout=60) as runner:
+        _create(namespace, "orphan")
+        wait_for(lambda: _phase(namespace, "orphan") == "Succeeded", timeout=90, what="Succeeded")
+    assert runner.exception is None, runner.output
+    assert not _get(namespace, "orphan")["metadata"].get("finalizers")
+    client.CustomObjectsApi().delete_namespaced_custom_object(
+        *GROUP_ARGS, namespace, "datapipelines", "orphan"
+    )
+
+    def gone() -> bool:
+        names = client.CustomObjectsApi().list_namespaced_custom_object(
+            *GROUP_ARGS, namespace, "datapipelines"
+        )["items"]
+        return not names
+
+    wait_for(gone, timeout=30, what="the resource to be deleted without an operator")
