@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import yaml
+
+from modelsmith.devcluster.cluster import DevCluster
 
 T = TypeVar("T")
 
@@ -19,3 +24,10 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or fn}; last={last!r}")
+
+
+def kubectl_apply(
+    cluster: DevCluster, namespace: str, doc: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply` of one manifest, as a user would; the caller judges the outcome."""
+    return cluster.run_kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(doc))

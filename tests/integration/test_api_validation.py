@@ -8,15 +8,14 @@ only pass because of the one thing it broke.
 from __future__ import annotations
 
 import copy
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from modelsmith.devcluster import tools
 from modelsmith.devcluster.cluster import DevCluster
+from tests.helpers import kubectl_apply
 
 pytestmark = pytest.mark.integration
 
@@ -31,19 +30,6 @@ def _samples() -> dict[str, dict[str, Any]]:
 
 
 VALID = _samples()
-
-
-def _apply(
-    cluster: DevCluster, namespace: str, doc: dict[str, Any]
-) -> subprocess.CompletedProcess[str]:
-    argv = [str(tools.binary(tools.KUBERNETES, "kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
-    return subprocess.run(
-        [*argv, "apply", "-n", namespace, "-f", "-"],
-        input=yaml.safe_dump(doc),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -153,7 +139,7 @@ def test_invalid_manifest_is_rejected(
     value: Any,
     message: str,
 ) -> None:
-    proc = _apply(dev_cluster, namespace, _set(VALID[kind], path, value))
+    proc = kubectl_apply(dev_cluster, namespace, _set(VALID[kind], path, value))
     assert proc.returncode != 0, f"accepted: {kind} with {path}={value!r}"
     assert message in proc.stderr, proc.stderr
 
@@ -162,7 +148,7 @@ def test_invalid_manifest_is_rejected(
 def test_samples_are_accepted(
     dev_cluster: DevCluster, crds: list[str], namespace: str, kind: str
 ) -> None:
-    proc = _apply(dev_cluster, namespace, VALID[kind])
+    proc = kubectl_apply(dev_cluster, namespace, VALID[kind])
     assert proc.returncode == 0, proc.stderr
 
 
@@ -185,7 +171,7 @@ def test_immutable_fields_cannot_change(
     value: Any,
     message: str,
 ) -> None:
-    assert _apply(dev_cluster, namespace, VALID[kind]).returncode == 0
-    proc = _apply(dev_cluster, namespace, _set(VALID[kind], path, value))
+    assert kubectl_apply(dev_cluster, namespace, VALID[kind]).returncode == 0
+    proc = kubectl_apply(dev_cluster, namespace, _set(VALID[kind], path, value))
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr

@@ -9,18 +9,16 @@ and RBAC.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import httpx
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelsmith.devcluster import tools
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.nodes import GPU_PRODUCT, GPU_RESOURCE
-from tests.helpers import wait_for
+from tests.helpers import kubectl_apply, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,28 +63,15 @@ def _pipeline(name: str, **spec: object) -> dict[str, object]:
     }
 
 
-def _kubectl_apply(
-    cluster: DevCluster, namespace: str, obj: dict[str, object]
-) -> subprocess.CompletedProcess[str]:
-    argv = [str(tools.binary(tools.KUBERNETES, "kubectl")), f"--kubeconfig={cluster.kubeconfig}"]
-    return subprocess.run(
-        [*argv, "apply", "-n", namespace, "-f", "-"],
-        input=yaml.safe_dump(obj),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 def test_server_rejects_a_cr_that_violates_the_schema(
     dev_cluster: DevCluster, crds: list[str], namespace: str
 ) -> None:
-    bad = _kubectl_apply(dev_cluster, namespace, _pipeline("bad", workers=0))
+    bad = kubectl_apply(dev_cluster, namespace, _pipeline("bad", workers=0))
     assert bad.returncode != 0
     assert "spec.workers" in bad.stderr
     assert "should be greater than or equal to 1" in bad.stderr
 
-    wrong_enum = _kubectl_apply(
+    wrong_enum = kubectl_apply(
         dev_cluster,
         namespace,
         _pipeline("bad2", sources=[{"uri": "/x", "format": "csv"}]),
@@ -94,7 +79,7 @@ def test_server_rejects_a_cr_that_violates_the_schema(
     assert wrong_enum.returncode != 0
     assert "spec.sources[0].format" in wrong_enum.stderr
 
-    good = _kubectl_apply(dev_cluster, namespace, _pipeline("good"))
+    good = kubectl_apply(dev_cluster, namespace, _pipeline("good"))
     assert good.returncode == 0, good.stderr
     stored = json.loads(dev_cluster.kubectl("get", "dp", "good", "-n", namespace, "-o", "json"))
     assert stored["spec"]["workers"] == 1, "the schema's default was not applied"
@@ -103,8 +88,8 @@ def test_server_rejects_a_cr_that_violates_the_schema(
 def test_cel_rule_keeps_the_output_immutable(
     dev_cluster: DevCluster, crds: list[str], namespace: str
 ) -> None:
-    assert _kubectl_apply(dev_cluster, namespace, _pipeline("p")).returncode == 0
-    moved = _kubectl_apply(dev_cluster, namespace, _pipeline("p", output={"uri": "/elsewhere"}))
+    assert kubectl_apply(dev_cluster, namespace, _pipeline("p")).returncode == 0
+    moved = kubectl_apply(dev_cluster, namespace, _pipeline("p", output={"uri": "/elsewhere"}))
     assert moved.returncode != 0
     assert "output is immutable" in moved.stderr
 

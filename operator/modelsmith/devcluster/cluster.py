@@ -123,12 +123,16 @@ class DevCluster:
     def _pki(self) -> pki.PKIPaths:
         return pki.PKIPaths(self.home / "pki")
 
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+    def run_kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the cluster's own kubectl (the one built with it) as the admin user."""
         argv = [str(tools.binary(tools.KUBERNETES, "kubectl")), f"--kubeconfig={self.kubeconfig}"]
-        proc = subprocess.run(
+        return subprocess.run(
             [*argv, *args], input=stdin, capture_output=True, text=True, check=False
         )
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        """kubectl's stdout; a failure is a DevClusterError with its stderr (if ``check``)."""
+        proc = self.run_kubectl(*args, stdin=stdin)
         if check and proc.returncode != 0:
             raise DevClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
