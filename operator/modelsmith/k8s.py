@@ -119,7 +119,7 @@ def list_(api_version: str, kind: str, namespace: str, selector: str) -> list[di
 
 def list_custom(plural: str, namespace: str) -> list[dict[str, Any]]:
     """All modelsmith resources of one kind in a namespace."""
-    result = _call("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}")
+    result = _call("GET", _path(f"{GROUP}/{VERSION}", "", namespace, plural=plural))
     return cast(list[dict[str, Any]], result.get("items", []))
 
 
@@ -130,7 +130,7 @@ def patch_status(
     resource is no longer at ``resource_version``."""
     return _call(
         "PATCH",
-        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}/status",
+        _path(f"{GROUP}/{VERSION}", "", namespace, name, plural) + "/status",
         body={"metadata": {"resourceVersion": resource_version}, "status": status},
         content_type="application/merge-patch+json",
     )
