@@ -33,7 +33,7 @@ class BatchKind:
 
 
 def _data_layout(s: DataPipelineSpec) -> Layout:
-    return Layout("data", workers=s.workers, gpus_per_worker=s.resources.gpus)
+    return Layout("data", "data", workers=s.workers, gpus_per_worker=s.resources.gpus)
 
 
 def _data_inputs(s: DataPipelineSpec) -> dict[str, Input | None]:
@@ -48,6 +48,7 @@ def _pretrain_layout(s: PretrainJobSpec) -> Layout:
     d = s.distribution
     return Layout(
         "trainer",
+        "pretrain",
         workers=d.nodes,
         gpus_per_worker=d.gpus_per_node,
         torchrun=d.launcher == Launcher.TORCHRUN,
@@ -56,7 +57,7 @@ def _pretrain_layout(s: PretrainJobSpec) -> Layout:
 
 def _finetune_layout(s: FineTuneSpec) -> Layout:
     gpus = s.resources.gpus
-    return Layout("trainer", workers=1, gpus_per_worker=gpus, torchrun=gpus > 1)
+    return Layout("trainer", "finetune", workers=1, gpus_per_worker=gpus, torchrun=gpus > 1)
 
 
 def _quantize_inputs(s: QuantizeJobSpec) -> dict[str, Input | None]:
@@ -81,7 +82,7 @@ BATCH_KINDS: tuple[BatchKind, ...] = (
     ),
     BatchKind(
         QUANTIZEJOB,
-        lambda s: Layout("quantizer", workers=1, gpus_per_worker=s.resources.gpus),
+        lambda s: Layout("quantizer", "quantize", workers=1, gpus_per_worker=s.resources.gpus),
         _quantize_inputs,
     ),
 )

@@ -65,7 +65,9 @@ def test_data_job_is_indexed_owned_and_deterministic() -> None:
     assert job["metadata"]["name"] == "corpus-run"
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
-    assert job["spec"]["backoffLimit"] == 3
+    assert job["spec"]["backoffLimitPerIndex"] == 3
+    assert job["spec"]["maxFailedIndexes"] == 0, "one worker out of retries fails the run"
+    assert "backoffLimit" not in job["spec"]
     ref = job["metadata"]["ownerReferences"][0]
     assert (ref["kind"], ref["uid"], ref["controller"]) == ("DataPipeline", "uid-1", True)
     assert _container(job)["image"] == "registry.test/ms/data:1.2.3"
@@ -74,9 +76,9 @@ def test_data_job_is_indexed_owned_and_deterministic() -> None:
 
 
 def test_gpus_are_requested_only_when_asked_for() -> None:
-    cpu = desired_job(OWNER, _data(), Layout("data", 1, 0), SETTINGS)
+    cpu = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), SETTINGS)
     assert "nvidia.com/gpu" not in _container(cpu)["resources"]["requests"]
-    gpu = desired_job(OWNER, _data(), Layout("data", 1, 2), SETTINGS)
+    gpu = desired_job(OWNER, _data(), Layout("data", "data", 1, 2), SETTINGS)
     assert _container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 
@@ -84,7 +86,7 @@ def test_multinode_pretraining_gets_torchrun_rendezvous_and_a_headless_service()
     spec = _pretrain(nodes=2, gpusPerNode=8)
     owner = Owner("PretrainJob", "llm", "ml", "uid-2")
     layout = KIND["PretrainJob"].layout(spec)
-    assert layout == Layout("trainer", workers=2, gpus_per_worker=8, torchrun=True)
+    assert layout == Layout("trainer", "pretrain", workers=2, gpus_per_worker=8, torchrun=True)
     job = desired_job(owner, spec, layout, SETTINGS)
     env = _env(job)
     assert env["MASTER_ADDR"] == "llm-run-0.llm-workers"
@@ -94,7 +96,7 @@ def test_multinode_pretraining_gets_torchrun_rendezvous_and_a_headless_service()
     assert service is not None
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": "llm-run"}
-    assert desired_service(owner, Layout("trainer", 1, 8)) is None
+    assert desired_service(owner, Layout("trainer", "pretrain", 1, 8)) is None
 
 
 def test_scheduling_fields_and_run_policy_reach_the_pod() -> None:
@@ -112,13 +114,13 @@ def test_scheduling_fields_and_run_policy_reach_the_pod() -> None:
             "annotations": {"prometheus.io/scrape": "true"},
         },
     )
-    job = desired_job(OWNER, spec, Layout("data", 1, 0), SETTINGS)
+    job = desired_job(OWNER, spec, Layout("data", "data", 1, 0), SETTINGS)
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "cpu"}
     assert pod["tolerations"] == [{"key": "spot", "operator": "Exists"}]
     assert (pod["priorityClassName"], pod["serviceAccountName"]) == ("batch-low", "reader")
     assert _env(job)["HF_HOME"] == "/cache"
-    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["backoffLimitPerIndex"] == 0
     assert job["spec"]["activeDeadlineSeconds"] == 600
     assert job["spec"]["ttlSecondsAfterFinished"] == 60
     assert job["spec"]["suspend"] is True
@@ -131,7 +133,7 @@ def test_scheduling_fields_and_run_policy_reach_the_pod() -> None:
 
 def test_configmap_holds_resolved_inputs_and_the_spec() -> None:
     config = task_config(OWNER, _data(workers=2), {"tokenizer": "/tok"}, "s3://b/out")
-    cm = desired_configmap(OWNER, Layout("data", 2, 0), config)
+    cm = desired_configmap(OWNER, Layout("data", "data", 2, 0), config)
     loaded = json.loads(cm["data"]["task.json"])
     assert loaded == config
     assert loaded["inputs"] == {"tokenizer": "/tok"}
@@ -159,3 +161,13 @@ def test_each_sample_names_its_upstream_as_an_input(kind: str) -> None:
         if i is not None and i.from_ref is not None
     }
     assert refs == EXPECTED_REFS[kind]
+
+
+def test_bad_input_fails_the_run_and_preemption_costs_no_retry() -> None:
+    job = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), SETTINGS)
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never", "podFailurePolicy needs it"
+    attempt = _env(job)["MODELSMITH_ATTEMPT"]["fieldRef"]["fieldPath"]
+    assert attempt == "metadata.annotations['batch.kubernetes.io/job-index-failure-count']"

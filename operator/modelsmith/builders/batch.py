@@ -15,11 +15,16 @@ from typing import Any
 from modelsmith.api.common import WorkloadSpec
 from modelsmith.api.meta import GROUP, VERSION
 from modelsmith.config import Settings
+from modelsmith.contract import (
+    TASK_API_VERSION,
+    TASK_CONFIG_DIR,
+    TASK_CONFIG_KEY,
+    TASK_CONFIG_PATH,
+    ExitCode,
+)
 
-TASK_CONFIG_KEY = "task.json"
-TASK_CONFIG_DIR = "/etc/modelsmith"
-TASK_API_VERSION = "task.modelsmith.io/v1alpha1"
 RENDEZVOUS_PORT = 29500
+FAILURE_COUNT_ANNOTATION = "batch.kubernetes.io/job-index-failure-count"
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class Layout:
 
     component: str
     """Image and container name: data, trainer or quantizer."""
+    entrypoint: str
+    """What the image runs (`modelsmith-runtime <entrypoint>`): data, pretrain, finetune…"""
     workers: int
     gpus_per_worker: int
     torchrun: bool = False
@@ -124,9 +131,8 @@ def desired_service(owner: Owner, layout: Layout) -> dict[str, Any] | None:
 
 
 def _env(owner: Owner, spec: WorkloadSpec, layout: Layout) -> list[dict[str, Any]]:
-    path = f"{TASK_CONFIG_DIR}/{TASK_CONFIG_KEY}"
     env: list[dict[str, Any]] = [
-        {"name": "MODELSMITH_TASK_CONFIG", "value": path},
+        {"name": "MODELSMITH_TASK_CONFIG", "value": TASK_CONFIG_PATH},
         {"name": "MODELSMITH_WORKERS", "value": str(layout.workers)},
         {
             "name": "MODELSMITH_WORKER_INDEX",
@@ -134,6 +140,12 @@ def _env(owner: Owner, spec: WorkloadSpec, layout: Layout) -> list[dict[str, Any
                 "fieldRef": {
                     "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
                 }
+            },
+        },
+        {
+            "name": "MODELSMITH_ATTEMPT",
+            "valueFrom": {
+                "fieldRef": {"fieldPath": f"metadata.annotations['{FAILURE_COUNT_ANNOTATION}']"}
             },
         },
     ]
@@ -156,6 +168,19 @@ def _pod_metadata(owner: Owner, spec: WorkloadSpec, layout: Layout) -> dict[str,
     return meta
 
 
+POD_FAILURE_POLICY: dict[str, Any] = {
+    "rules": [
+        {
+            "action": "FailJob",
+            "onExitCodes": {"operator": "In", "values": [int(ExitCode.BAD_INPUT)]},
+        },
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+}
+"""Bad input fails the run at once; preemption and eviction are not the workload's fault
+and do not use up a retry. Everything else is retried, per worker, backoffLimit times."""
+
+
 def desired_job(
     owner: Owner, spec: WorkloadSpec, layout: Layout, settings: Settings
 ) -> dict[str, Any]:
@@ -164,7 +189,7 @@ def desired_job(
     limits: dict[str, str] = {"memory": res.memory}
     if layout.gpus_per_worker:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(layout.gpus_per_worker)
-    args = [layout.component, f"--task-config={TASK_CONFIG_DIR}/{TASK_CONFIG_KEY}"]
+    args = [layout.entrypoint, f"--task-config={TASK_CONFIG_PATH}"]
     container = {
         "name": layout.component,
         "image": spec.image or settings.image(layout.component),
@@ -195,7 +220,9 @@ def desired_job(
         "completionMode": "Indexed",
         "completions": layout.workers,
         "parallelism": layout.workers,
-        "backoffLimit": spec.run_policy.backoff_limit,
+        "backoffLimitPerIndex": spec.run_policy.backoff_limit,
+        "maxFailedIndexes": 0,
+        "podFailurePolicy": POD_FAILURE_POLICY,
         "suspend": spec.suspend,
         "template": {"metadata": _pod_metadata(owner, spec, layout), "spec": pod},
     }
