@@ -18,6 +18,8 @@ class Reason(StrEnum):
     WAITING_FOR_INPUT = "WaitingForInput"
     UPSTREAM_NOT_FOUND = "UpstreamNotFound"
     UPSTREAM_FAILED = "UpstreamFailed"
+    SPEC_CHANGE_REJECTED = "SpecChangeRejected"
+    SPEC_APPLIED = "SpecApplied"
 
 
 def set_condition(

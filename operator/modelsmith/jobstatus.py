@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from modelsmith.api.common import BatchStatus, Outputs, Phase
+from modelsmith.api.common import BatchStatus, CheckpointStatus, Outputs, Phase, Progress
 from modelsmith.api.meta import ConditionStatus
 from modelsmith.conditions import Reason, set_condition
+from modelsmith.contract import ErrorInfo, Result, parse_result
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
 
@@ -23,16 +25,58 @@ def _parse_time(raw: str | None) -> datetime | None:
     return datetime.fromisoformat(raw.replace("Z", "+00:00")) if raw else None
 
 
-def _outputs(output_uri: str, result: dict[str, Any]) -> Outputs:
+def _outputs(output_uri: str, result: Result | None) -> Outputs:
     """The workload's own word (its termination message) wins over what we asked for."""
-    metrics = {
-        k: float(v)
-        for k, v in (result.get("metrics") or {}).items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    uri = result.get("uri") if isinstance(result.get("uri"), str) else None
-    digest = result.get("digest") if isinstance(result.get("digest"), str) else None
-    return Outputs(uri=uri or output_uri, digest=digest, metrics=metrics)
+    if result is None:
+        return Outputs(uri=output_uri)
+    return Outputs(uri=result.uri or output_uri, digest=result.digest, metrics=result.metrics)
+
+
+@dataclass(frozen=True)
+class PodReport:
+    """What the Job's finished pods said in their termination messages."""
+
+    result: Result | None = None
+    """Worker 0's message once it succeeded: the run's published artifact."""
+    checkpoint: CheckpointStatus | None = None
+    """The newest checkpoint any finished pod reported."""
+    failure: ErrorInfo | None = None
+    """Why the most recent failed pod failed, in the workload's own words."""
+    progress: Progress | None = None
+
+
+def _terminated(pod: dict[str, Any]) -> tuple[str, Result | None]:
+    for status in pod.get("status", {}).get("containerStatuses", []) or []:
+        terminated = status.get("state", {}).get("terminated")
+        if terminated:
+            return str(terminated.get("finishedAt") or ""), parse_result(terminated.get("message"))
+    return "", None
+
+
+def summarize_pods(pods: list[dict[str, Any]]) -> PodReport:
+    """Fold the termination messages of a Job's pods, oldest first, into one report."""
+    finished = []
+    for pod in pods:
+        when, result = _terminated(pod)
+        if result is not None:
+            finished.append((when, pod, result))
+    finished.sort(key=lambda item: item[0])
+    report = PodReport()
+    for _when, pod, result in finished:
+        phase = pod.get("status", {}).get("phase")
+        annotations = pod.get("metadata", {}).get("annotations", {}) or {}
+        index = annotations.get("batch.kubernetes.io/job-completion-index")
+        if phase == "Succeeded" and index == "0":
+            report = PodReport(result, report.checkpoint, report.failure, report.progress)
+        if result.checkpoint is not None:
+            ckpt = CheckpointStatus(uri=result.checkpoint.uri, step=result.checkpoint.step)
+            report = PodReport(report.result, ckpt, report.failure, report.progress)
+        if phase == "Failed" and result.error is not None:
+            report = PodReport(report.result, report.checkpoint, result.error, report.progress)
+        if result.progress is not None:
+            progress = Progress(step=result.progress.step, total=result.progress.total)
+            report = PodReport(report.result, report.checkpoint, report.failure, progress)
+    return report
 
 
 def waiting_status(
@@ -62,7 +106,7 @@ def compute_status(
     generation: int,
     output_uri: str,
     now: datetime,
-    result: dict[str, Any] | None = None,
+    pods: PodReport | None = None,
 ) -> BatchStatus:
     """The status a batch resource should have, given its Job as it is now."""
     conds = list(current.conditions)
@@ -77,19 +121,23 @@ def compute_status(
     complete = _job_condition(job or {}, "Complete")
     failed = _job_condition(job or {}, "Failed")
     suspended = bool((job or {}).get("spec", {}).get("suspend"))
+    report = pods or PodReport()
     outputs = current.outputs
     completion_time = current.completion_time
+    restarts = int(job_status.get("failed", 0) or 0) or current.restarts
 
     if complete:
         phase = Phase.SUCCEEDED
         put("Succeeded", T, Reason.COMPLETED, "all workers finished")
         put("Ready", T, Reason.COMPLETED, f"shards published to {output_uri}")
         put("Progressing", F, Reason.COMPLETED, "")
-        outputs = _outputs(output_uri, result or {})
+        outputs = _outputs(output_uri, report.result)
         completion_time = _parse_time(job_status.get("completionTime")) or now
     elif failed:
         phase = Phase.FAILED
         message = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
+        if report.failure is not None:
+            message += f"; last worker error {report.failure.reason}: {report.failure.message}"
         put("Failed", T, Reason.JOB_FAILED, message)
         put("Ready", F, Reason.JOB_FAILED, message)
         put("Progressing", F, Reason.JOB_FAILED, "")
@@ -104,7 +152,13 @@ def compute_status(
         phase = Phase.RUNNING if active else Phase.PENDING
         reason = Reason.RUNNING if active else Reason.JOB_CREATED
         put("Suspended", F, reason, "")
-        put("Ready", F, reason, f"{active} worker(s) running" if active else "waiting for pods")
+        message = f"{active} worker(s) running" if active else "waiting for pods"
+        if restarts:
+            message += f"; {restarts} worker failure(s) retried"
+            if report.checkpoint or current.last_checkpoint:
+                ckpt = report.checkpoint or current.last_checkpoint
+                message += f", resuming from {ckpt.uri if ckpt else ''}"
+        put("Ready", F, reason, message)
         put("Progressing", T, reason, f"{job_status.get('succeeded', 0) or 0} worker(s) done")
 
     return current.model_copy(
@@ -115,5 +169,8 @@ def compute_status(
             "start_time": current.start_time or _parse_time(job_status.get("startTime")),
             "completion_time": completion_time,
             "outputs": outputs,
+            "restarts": restarts,
+            "last_checkpoint": report.checkpoint or current.last_checkpoint,
+            "progress": report.progress or current.progress,
         }
     )

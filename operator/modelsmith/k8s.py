@@ -49,6 +49,17 @@ class ApiError(Exception):
     def __init__(self, status: int, reason: str, body: str) -> None:
         super().__init__(f"{status} {reason}: {body[:500]}")
         self.status = status
+        self.message = _status_message(body) or f"{status} {reason}"
+
+
+def _status_message(body: str) -> str | None:
+    """The human part of a metav1.Status body, which is what users need to read."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    message = parsed.get("message") if isinstance(parsed, dict) else None
+    return message if isinstance(message, str) else None
 
 
 @functools.cache

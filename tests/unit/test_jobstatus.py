@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 
 from modelsmith.api.common import BatchStatus, Phase
 from modelsmith.conditions import Reason
-from modelsmith.jobstatus import compute_status, waiting_status
+from modelsmith.jobstatus import compute_status, summarize_pods, waiting_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -112,14 +113,83 @@ def test_transition_time_moves_only_when_a_condition_flips(
     assert again == after, "reconciling an unchanged world must not change the status"
 
 
+def _pod(
+    phase: str, message: object, *, index: str = "0", finished: str = "2026-01-01T00:00:00Z"
+) -> dict[str, Any]:
+    text = message if isinstance(message, str) else json.dumps(message)
+    return {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": index}},
+        "status": {
+            "phase": phase,
+            "containerStatuses": [
+                {"state": {"terminated": {"message": text, "finishedAt": finished}}}
+            ],
+        },
+    }
+
+
 def test_termination_message_fills_outputs() -> None:
     result = {"uri": "/published", "digest": "sha256:1", "metrics": {"loss": 2.5, "bad": "x"}}
+    report = summarize_pods([_pod("Succeeded", result)])
     status = compute_status(
-        BatchStatus(), _job(cond="Complete"), generation=1, output_uri="/o", now=T0, result=result
+        BatchStatus(), _job(cond="Complete"), generation=1, output_uri="/o", now=T0, pods=report
     )
     assert status.outputs is not None
     assert (status.outputs.uri, status.outputs.digest) == ("/published", "sha256:1")
     assert status.outputs.metrics == {"loss": 2.5}
+
+
+def test_only_worker_zero_publishes_and_logs_are_not_results() -> None:
+    pods = [
+        _pod("Succeeded", {"uri": "/from-worker-1"}, index="1"),
+        _pod("Succeeded", "Traceback (most recent call last): ...", index="0"),
+    ]
+    assert summarize_pods(pods).result is None
+
+
+def test_retried_worker_keeps_the_newest_checkpoint_and_the_last_error() -> None:
+    pods = [
+        _pod(
+            "Failed",
+            {
+                "checkpoint": {"uri": "/c/step-100", "step": 100},
+                "error": {"reason": "NCCL", "message": "timeout"},
+            },
+            finished="2026-01-01T00:02:00Z",
+        ),
+        _pod(
+            "Failed",
+            {
+                "checkpoint": {"uri": "/c/step-50", "step": 50},
+                "error": {"reason": "OOM", "message": "killed"},
+            },
+            finished="2026-01-01T00:01:00Z",
+        ),
+    ]
+    report = summarize_pods(pods)
+    assert report.checkpoint is not None
+    assert (report.checkpoint.uri, report.checkpoint.step) == ("/c/step-100", 100)
+    assert report.failure is not None and report.failure.reason == "NCCL"
+    job = _job(active=1)
+    job["status"]["failed"] = 2
+    status = compute_status(BatchStatus(), job, generation=1, output_uri="/o", now=T0, pods=report)
+    assert status.restarts == 2
+    assert status.last_checkpoint == report.checkpoint
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert "resuming from /c/step-100" in ready.message
+    later = compute_status(status, job, generation=1, output_uri="/o", now=T0, pods=None)
+    assert later.last_checkpoint == report.checkpoint, "a checkpoint is never forgotten"
+
+
+def test_failed_run_names_the_workers_own_error() -> None:
+    report = summarize_pods(
+        [_pod("Failed", {"error": {"reason": "BadInput", "message": "no documents in corpus"}})]
+    )
+    status = compute_status(
+        BatchStatus(), _job(cond="Failed"), generation=1, output_uri="/o", now=T0, pods=report
+    )
+    failed = next(c for c in status.conditions if c.type == "Failed")
+    assert "BadInput: no documents in corpus" in failed.message
 
 
 @pytest.mark.parametrize(

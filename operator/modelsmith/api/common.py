@@ -126,7 +126,13 @@ class RunPolicy(CamelModel):
     """How long and how often the workload may run (the Job's own knobs)."""
 
     backoff_limit: int = Field(
-        default=3, ge=0, le=100, description="Pod failures retried before the run fails."
+        default=3,
+        ge=0,
+        le=100,
+        description=(
+            "Failures retried per worker before the run fails; a retried worker resumes from "
+            "the latest checkpoint. Exit code 2 (bad input) is never retried."
+        ),
     )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Fail the run once it has been active this long."
@@ -219,6 +225,13 @@ class LineageEntry(CamelModel):
     digest: str | None = Field(default=None, description="Its digest, when known.")
 
 
+class CheckpointStatus(CamelModel):
+    """The newest complete checkpoint a worker reported: where a retried pod resumes."""
+
+    uri: str = Field(description="Where the checkpoint is stored.")
+    step: int | None = Field(default=None, description="Training step it was taken at.")
+
+
 class BatchStatus(CamelModel):
     """Observed state of a batch run, written by the operator."""
 
@@ -236,6 +249,12 @@ class BatchStatus(CamelModel):
     outputs: Outputs | None = Field(default=None, description="What the run published.")
     lineage: list[LineageEntry] = Field(
         default_factory=list, description="The artifacts this one was built from."
+    )
+    restarts: int | None = Field(
+        default=None, description="Worker pods that failed and were retried (or gave up)."
+    )
+    last_checkpoint: CheckpointStatus | None = Field(
+        default=None, description="Newest checkpoint reported by a worker, kept across retries."
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import kopf
 from pydantic import ValidationError
@@ -29,9 +29,10 @@ from modelsmith.builders.batch import (
 )
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
-from modelsmith.jobstatus import compute_status, waiting_status
+from modelsmith.jobstatus import PodReport, compute_status, summarize_pods, waiting_status
 from modelsmith.metrics import RECONCILE_SECONDS, RECONCILES
 from modelsmith.refs import Resolution, resolve
+from modelsmith.validation import semantic_errors
 
 
 def _status_patch(old: dict[str, Any], new: BatchStatus) -> dict[str, Any]:
@@ -47,28 +48,19 @@ def _fetch_upstream(namespace: str) -> Any:
     return fetch
 
 
-def _worker_result(namespace: str, job: str) -> dict[str, Any] | None:
-    """The JSON that worker 0 wrote to its termination message, if it wrote one."""
-    pods = k8s.list_("v1", "Pod", namespace, f"batch.kubernetes.io/job-name={job}")
-    for pod in pods:
-        index = (
-            pod["metadata"].get("annotations", {}).get("batch.kubernetes.io/job-completion-index")
-        )
-        if index != "0" or pod.get("status", {}).get("phase") != "Succeeded":
-            continue
-        for status in pod["status"].get("containerStatuses", []):
-            message = status.get("state", {}).get("terminated", {}).get("message")
-            try:
-                parsed = json.loads(message) if message else None
-            except ValueError:
-                continue
-            if isinstance(parsed, dict):
-                return parsed
-    return None
+def _pod_report(namespace: str, job: dict[str, Any] | None) -> PodReport | None:
+    """Read the pods' termination messages, but only once some pod has finished."""
+    status = (job or {}).get("status", {}) or {}
+    if job is None or not (status.get("succeeded") or status.get("failed")):
+        return None
+    selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"
+    return summarize_pods(k8s.list_("v1", "Pod", namespace, selector))
 
 
 _APPLIED: dict[str, str] = {}
-"""uid of an owner -> digest of the children last applied for it, by this process."""
+"""uid of an owner -> digest of the children last applied for it, by this process.
+Entries go when the owner's DELETED event arrives (as do _FINISHED_SEEN's and, on the
+Job's, _JOB_SEEN's), so a long-lived operator does not grow with every run ever seen."""
 
 
 def _apply_children(owner: Owner, children: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -81,14 +73,26 @@ def _apply_children(owner: Owner, children: list[dict[str, Any]]) -> dict[str, A
     """
     digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
     name = job_name(owner)
-    if _APPLIED.get(owner.uid) == digest:
+    previous = _APPLIED.get(owner.uid)
+    if previous == digest:
         job = k8s.get("batch/v1", "Job", owner.namespace, name)
         if job is not None:
             return job
-    for child in children:
-        applied = k8s.apply(child)
+    job_manifest, others = children[-1], children[:-1]
+    if previous is None:
+        # First apply: the ConfigMap before the Job, so no pod starts without its config.
+        for child in others:
+            k8s.apply(child)
+        applied = k8s.apply(job_manifest)
+    else:
+        # A spec change: the Job first. If the API server refuses it (a running Job's
+        # pods are immutable), the ConfigMap must not change under the pods still
+        # running or about to be retried with the old spec.
+        applied = k8s.apply(job_manifest)
+        for child in others:
+            k8s.apply(child)
     _APPLIED[owner.uid] = digest
-    return applied  # the Job is applied last
+    return applied
 
 
 def _waiting(resolution: Resolution) -> tuple[Reason, str]:
@@ -97,6 +101,51 @@ def _waiting(resolution: Resolution) -> tuple[Reason, str]:
     if resolution.missing:
         return Reason.UPSTREAM_NOT_FOUND, f"upstream not found: {', '.join(resolution.missing)}"
     return Reason.WAITING_FOR_INPUT, f"waiting for: {', '.join(resolution.pending)}"
+
+
+def _mark_rejected_change(
+    new: BatchStatus,
+    current: BatchStatus,
+    rejected: str | None,
+    *,
+    generation: int,
+    now: datetime,
+) -> BatchStatus:
+    """A spec change the running Job cannot take is a condition, not a crash loop.
+
+    The run goes on with the spec it started with; observedGeneration stays behind
+    metadata.generation, which is how `kubectl wait` and Argo CD see "not applied".
+    """
+    if rejected is None:
+        if not any(c.type == "Degraded" for c in new.conditions):
+            return new
+        conds = set_condition(
+            list(new.conditions),
+            "Degraded",
+            ConditionStatus.FALSE,
+            reason=Reason.SPEC_APPLIED,
+            message="",
+            now=now,
+            generation=generation,
+        )
+        return new.model_copy(update={"conditions": conds})
+    message = (
+        f"this spec change cannot be applied to the running Job ({rejected}); the run goes "
+        "on with its previous spec. Revert the change, or delete and recreate the resource "
+        "to run with it"
+    )
+    conds = set_condition(
+        list(new.conditions),
+        "Degraded",
+        ConditionStatus.TRUE,
+        reason=Reason.SPEC_CHANGE_REJECTED,
+        message=message,
+        now=now,
+        generation=generation,
+    )
+    return new.model_copy(
+        update={"conditions": conds, "observed_generation": current.observed_generation}
+    )
 
 
 class StaleReadError(Exception):
@@ -120,6 +169,35 @@ def _write_status(kind: BatchKind, body: kopf.Body, changed: dict[str, Any]) -> 
         raise
 
 
+def _reject(
+    kind: BatchKind,
+    body: kopf.Body,
+    current: BatchStatus,
+    message: str,
+    *,
+    generation: int,
+    now: datetime,
+) -> NoReturn:
+    """InvalidSpec: say why in status and in a Warning event, create nothing, stop."""
+    conds = list(current.conditions)
+    for type_, status in (("Ready", ConditionStatus.FALSE), ("Failed", ConditionStatus.TRUE)):
+        conds = set_condition(
+            conds,
+            type_,
+            status,
+            reason=Reason.INVALID_SPEC,
+            message=message,
+            now=now,
+            generation=generation,
+        )
+    invalid = current.model_copy(
+        update={"conditions": conds, "observed_generation": generation, "phase": Phase.FAILED}
+    )
+    _write_status(kind, body, _status_patch(dict(body.get("status", {}) or {}), invalid))
+    kopf.event(body, type="Warning", reason=str(Reason.INVALID_SPEC), message=message)
+    raise kopf.PermanentError(f"invalid spec: {message}")
+
+
 def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStatus:
     meta, generation = body["metadata"], int(body["metadata"].get("generation", 1))
     old_status = dict(body.get("status", {}) or {})
@@ -127,21 +205,11 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
     now = datetime.now(UTC)
     try:
         spec = kind.parse(dict(body["spec"]))
+        problems = semantic_errors(kind, meta["name"], spec)
     except ValidationError as exc:
-        conds = set_condition(
-            list(current.conditions),
-            "Ready",
-            ConditionStatus.FALSE,
-            reason=Reason.INVALID_SPEC,
-            message=str(exc),
-            now=now,
-            generation=generation,
-        )
-        invalid = current.model_copy(
-            update={"conditions": conds, "observed_generation": generation}
-        )
-        _write_status(kind, body, _status_patch(old_status, invalid))
-        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+        problems = [str(exc)]
+    if problems:
+        _reject(kind, body, current, "; ".join(problems), generation=generation, now=now)
 
     owner = Owner(kind.info.kind, meta["name"], meta["namespace"], meta["uid"])
     resolution = resolve(kind.inputs(spec), _fetch_upstream(owner.namespace))
@@ -159,12 +227,23 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
             desired_service(owner, layout),
             desired_job(owner, spec, layout, settings),
         ]
-        job = _apply_children(owner, [c for c in children if c is not None])
-        done = job is not None and int(job.get("status", {}).get("succeeded", 0) or 0) > 0
-        result = _worker_result(owner.namespace, job_name(owner)) if done else None
+        rejected: str | None = None
+        try:
+            job = _apply_children(owner, [c for c in children if c is not None])
+        except k8s.ApiError as exc:
+            if exc.status != 422:
+                raise
+            rejected = exc.message
+            job = k8s.get("batch/v1", "Job", owner.namespace, job_name(owner))
         new = compute_status(
-            current, job, generation=generation, output_uri=output_uri, now=now, result=result
+            current,
+            job,
+            generation=generation,
+            output_uri=output_uri,
+            now=now,
+            pods=_pod_report(owner.namespace, job),
         ).model_copy(update={"lineage": resolution.lineage})
+        new = _mark_rejected_change(new, current, rejected, generation=generation, now=now)
     changed = _status_patch(old_status, new)
     if changed:
         _write_status(kind, body, changed)
@@ -210,7 +289,11 @@ def register(kind: BatchKind, settings: Settings) -> None:
     def on_upstream(body: kopf.Body, type: str | None, **_: Any) -> None:
         """When this resource finishes, wake the resources that wait for it."""
         phase = body.get("status", {}).get("phase")
-        if type == "DELETED" or phase not in (Phase.SUCCEEDED, Phase.FAILED):
+        if type == "DELETED":
+            _APPLIED.pop(body["metadata"]["uid"], None)
+            _FINISHED_SEEN.pop(body["metadata"]["uid"], None)
+            return
+        if phase not in (Phase.SUCCEEDED, Phase.FAILED):
             return
         if _FINISHED_SEEN.get(body["metadata"]["uid"]) == phase:
             return
@@ -289,7 +372,10 @@ def register_job_watch(settings: Settings) -> None:
 
     @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": "modelsmith"})
     def on_job(body: kopf.Body, type: str | None, **_: Any) -> None:
-        if type == "DELETED" or not _job_changed(body):
+        if type == "DELETED":
+            _JOB_SEEN.pop(body["metadata"]["uid"], None)
+            return
+        if not _job_changed(body):
             return
         owner = next(
             (

@@ -1,0 +1,23 @@
+"""Semantic checks the CRD schema cannot express, run before anything is built.
+
+CEL sees one object's spec, not its own name, so "this resource reads its own output"
+gets past `kubectl apply`; it would wait on itself forever. Such specs become
+`Ready=False` with reason InvalidSpec and no children.
+"""
+
+from __future__ import annotations
+
+from modelsmith.api.common import WorkloadSpec
+from modelsmith.batchkinds import BatchKind
+
+
+def semantic_errors(kind: BatchKind, name: str, spec: WorkloadSpec) -> list[str]:
+    errors = []
+    for field, value in kind.inputs(spec).items():
+        ref = value.from_ref if value is not None else None
+        if ref is not None and (ref.kind, ref.name) == (kind.info.kind, name):
+            errors.append(
+                f"input {field}.fromRef names this {kind.info.kind} itself; "
+                "it would wait for its own output forever"
+            )
+    return errors
