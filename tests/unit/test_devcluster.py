@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelsmith.cli import main
 from modelsmith.devcluster import tools
@@ -162,3 +163,16 @@ def test_every_component_listens_on_loopback_only(
     apiserver = next(c for c in found if c.name == "kube-apiserver")
     assert "--authorization-mode=Node,RBAC" in apiserver.argv
     assert apiserver.authenticated
+
+
+def test_kwok_stages_are_separate_documents_with_unique_names() -> None:
+    """A missing `---` silently merges two stages into one (the later keys win)."""
+    from modelsmith.devcluster.components import stages_bytes
+
+    docs = list(yaml.safe_load_all(stages_bytes()))
+    names = [d["metadata"]["name"] for d in docs]
+    assert len(names) == len(set(names))
+    assert {"modelsmith-job-pod-finished", "modelsmith-job-pod-fails-attempt"} <= set(names)
+    for doc in docs:
+        assert doc["kind"] == "Stage"
+        assert set(doc["spec"]) >= {"resourceRef", "selector", "next"}, doc["metadata"]["name"]

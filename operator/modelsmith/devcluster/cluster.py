@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,7 +24,13 @@ import httpx
 import yaml
 
 from modelsmith.devcluster import pki, tools
-from modelsmith.devcluster.components import Component, Ports, components
+from modelsmith.devcluster.components import (
+    Component,
+    Ports,
+    components,
+    stages_bytes,
+    stages_path,
+)
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.nodes import DEFAULT_NODES, node_manifest
 from modelsmith.devcluster.processes import (
@@ -206,8 +211,7 @@ class DevCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         paths = pki.generate(self.home / "pki")
         self._write_kubeconfig(paths)
-        stages = resources.files("modelsmith.devcluster").joinpath("stages", "stages.yaml")
-        (self.home / "kwok-stages.yaml").write_bytes(stages.read_bytes())
+        stages_path(self.home).write_bytes(stages_bytes())
 
     def _write_kubeconfig(self, paths: pki.PKIPaths) -> None:
         def b64(path: Path) -> str:

@@ -7,7 +7,9 @@ tokens signed by our own key, no leader election (one replica each).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from modelsmith.devcluster import pki, tools
@@ -47,6 +49,16 @@ class Component:
     health_url: str
     authenticated: bool = False
     """Health is checked as the admin user (the API server wants a client certificate)."""
+
+
+def stages_bytes() -> bytes:
+    return resources.files("modelsmith.devcluster").joinpath("stages", "stages.yaml").read_bytes()
+
+
+def stages_path(home: Path) -> Path:
+    """Named by content, so editing the stages changes kwok's argv and `up` restarts it."""
+    digest = hashlib.sha256(stages_bytes()).hexdigest()[:12]
+    return home / f"kwok-stages-{digest}.yaml"
 
 
 def components(home: Path, ports: Ports, certs: pki.PKIPaths, kubeconfig: Path) -> list[Component]:
@@ -134,7 +146,7 @@ def components(home: Path, ports: Ports, certs: pki.PKIPaths, kubeconfig: Path) 
             [
                 str(tools.binary(tools.KWOK, "kwok")),
                 f"--kubeconfig={kubeconfig}",
-                f"--config={home / 'kwok-stages.yaml'}",
+                f"--config={stages_path(home)}",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 f"--server-address={LOOPBACK}:{p.kwok}",
                 "--node-ip=10.0.0.1",
