@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -60,6 +61,9 @@ def _crds(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from modelsmith.runner import run
 
+    # Read by the handler registration (also under `kopf run -m modelsmith.kopf_entry`).
+    os.environ["MODELSMITH_STATUS_PORT"] = str(args.status_port)
+
     return run(
         namespaces=args.namespace,
         all_namespaces=args.all_namespaces,
@@ -80,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     run.add_argument(
         "--metrics-port", type=int, default=8080, help="serve Prometheus /metrics (0: off)"
+    )
+    run.add_argument(
+        "--status-port",
+        type=int,
+        default=int(os.environ.get("MODELSMITH_STATUS_PORT", "0") or 0),
+        help="serve POST /v1/progress for workload pods (0: off); pods learn the URL from "
+        "MODELSMITH_STATUS_URL",
     )
     run.add_argument(
         "--log-format", choices=["json", "text"], default="json", help="structured or plain logs"

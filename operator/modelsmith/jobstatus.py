@@ -174,3 +174,14 @@ def compute_status(
             "progress": report.progress or current.progress,
         }
     )
+
+
+def with_eta(step: int, total: int | None, started: datetime | None, now: datetime) -> Progress:
+    """Progress plus a linear ETA from the time the run has taken so far (as Kubeflow
+    Trainer's estimatedRemainingSeconds): good enough after warm-up, absent before any
+    step is done."""
+    eta = None
+    if total and started and 0 < step <= total:
+        elapsed = (now - started).total_seconds()
+        eta = max(0, round(elapsed / step * (total - step)))
+    return Progress(step=step, total=total, eta_seconds=eta)

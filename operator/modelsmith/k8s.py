@@ -134,6 +134,33 @@ def list_custom(plural: str, namespace: str) -> list[dict[str, Any]]:
     return cast(list[dict[str, Any]], result.get("items", []))
 
 
+def review_token(token: str, audience: str) -> dict[str, Any] | None:
+    """The TokenReview status of ``token`` for ``audience``; None if it is not valid."""
+    review = _call(
+        "POST",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        body={
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]},
+        },
+    )
+    status = cast(dict[str, Any], review.get("status", {}))
+    if not status.get("authenticated") or audience not in status.get("audiences", []):
+        return None
+    return status
+
+
+def merge_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch part of a status with no precondition: for fields one writer owns."""
+    _call(
+        "PATCH",
+        _path(f"{GROUP}/{VERSION}", "", namespace, name, plural) + "/status",
+        body={"status": status},
+        content_type="application/merge-patch+json",
+    )
+
+
 def patch_status(
     plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str
 ) -> dict[str, Any]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import kopf
 
-from modelsmith import k8s, metrics
+from modelsmith import k8s, metrics, statusserver
 from modelsmith.batchkinds import BATCH_KINDS
 from modelsmith.config import Settings
 from modelsmith.handlers import batch
@@ -45,6 +46,20 @@ def register_all() -> None:
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings)
         k8s.load_config()
+
+    status_port = int(os.environ.get("MODELSMITH_STATUS_PORT", "0") or 0)
+    if status_port:
+        servers: list[Any] = []
+
+        @kopf.on.startup()
+        async def start_status_server(**_: Any) -> None:
+            host = os.environ.get("MODELSMITH_STATUS_HOST", "0.0.0.0")  # noqa: S104
+            servers.append(await statusserver.serve(host, status_port))
+
+        @kopf.on.cleanup()
+        async def stop_status_server(**_: Any) -> None:
+            for server in servers:
+                await server.cleanup()
 
     for kind in BATCH_KINDS:
         batch.register(kind, app_settings)

@@ -8,6 +8,7 @@ its own, deleted afterwards, so tests cannot see each other's objects.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,21 @@ from modelsmith.api import KINDS
 from modelsmith.devcluster.cluster import DevCluster
 
 pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# Every in-process operator of this session serves progress reports here (the handlers
+# are registered once per process, at the first import of modelsmith.kopf_entry).
+_STATUS_PORT = _free_port()
+os.environ.setdefault("MODELSMITH_STATUS_PORT", str(_STATUS_PORT))
+os.environ.setdefault("MODELSMITH_STATUS_HOST", "127.0.0.1")
+os.environ.setdefault("MODELSMITH_STATUS_URL", f"http://127.0.0.1:{_STATUS_PORT}")
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,17 @@ def test_watch_namespaces_become_operator_flags(dev_cluster: DevCluster) -> None
     docs = _render(dev_cluster, "watchNamespaces={ml,research}")
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["run", "--namespace=ml", "--namespace=research", "--metrics-port=8080"]
+    assert args == [
+        "run",
+        "--namespace=ml",
+        "--namespace=research",
+        "--metrics-port=8080",
+        "--status-port=8081",
+    ]
+    env = {
+        e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MODELSMITH_STATUS_URL"].endswith(".svc:8081")
 
 
 def test_values_schema_rejects_unknown_keys(dev_cluster: DevCluster) -> None:

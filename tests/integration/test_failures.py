@@ -147,9 +147,13 @@ def test_a_spec_naming_itself_is_invalid_and_creates_nothing(
     assert "baseModel.fromRef names this FineTune itself" in ready["message"]
     assert _status(namespace, "FineTune", "ouroboros")["phase"] == "Failed"
     assert not client.BatchV1Api().list_namespaced_job(namespace).items
-    assert not client.CoreV1Api().list_namespaced_config_map(
-        namespace, label_selector="app.kubernetes.io/managed-by=modelsmith"
-    ).items
+    assert (
+        not client.CoreV1Api()
+        .list_namespaced_config_map(
+            namespace, label_selector="app.kubernetes.io/managed-by=modelsmith"
+        )
+        .items
+    )
     events = client.CoreV1Api().list_namespaced_event(
         namespace, field_selector="involvedObject.name=ouroboros"
     )
@@ -200,3 +204,83 @@ def test_spec_change_a_running_job_cannot_take_is_a_condition(
         timeout=90,
         what="the run to finish with its original spec",
     )
+
+
+def _token(namespace: str, pod: client.V1Pod, audience: str, kubeconfig: Any) -> str:
+    import subprocess
+
+    from modelsmith.devcluster import tools
+
+    kubectl = str(tools.binary(tools.KUBERNETES, "kubectl"))
+    proc = subprocess.run(
+        [
+            kubectl,
+            f"--kubeconfig={kubeconfig}",
+            "create",
+            "token",
+            "default",
+            "-n",
+            namespace,
+            f"--audience={audience}",
+            "--bound-object-kind=Pod",
+            f"--bound-object-name={pod.metadata.name}",
+            f"--bound-object-uid={pod.metadata.uid}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.strip()
+
+
+def test_a_running_pod_reports_progress_with_its_own_token(
+    operator: KopfRunner, namespace: str, kubeconfig: Any
+) -> None:
+    import os
+
+    import httpx
+
+    _create(
+        namespace,
+        "PretrainJob",
+        "chatty",
+        _pretrain({"kwok.modelsmith.io/run-duration": "30s"}),
+    )
+    wait_for(
+        lambda: _status(namespace, "PretrainJob", "chatty").get("phase") == "Running",
+        what="Running",
+    )
+    pod = _pods(namespace, "chatty-run")[0]
+    volumes = {v.name: v for v in pod.spec.volumes}
+    token_source = volumes["status-token"].projected.sources[0].service_account_token
+    assert token_source.audience == "modelsmith.io/status"
+    url = os.environ["MODELSMITH_STATUS_URL"] + "/v1/progress"
+
+    def post(token: str | None, body: object) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(url, json=body, headers=headers, timeout=10).status_code
+
+    good = _token(namespace, pod, "modelsmith.io/status", kubeconfig)
+    assert post(None, {"step": 1}) == 401
+    assert post(_token(namespace, pod, "someone-else", kubeconfig), {"step": 1}) == 401
+    assert post(good, {"step": -1}) == 400
+    assert post(good, {"step": 40, "total": 100}) == 204
+    progress = _status(namespace, "PretrainJob", "chatty")["progress"]
+    assert (progress["step"], progress["total"]) == (40, 100)
+    assert progress["etaSeconds"] >= 0
+
+    client.CoreV1Api().create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="stranger"),
+            spec=client.V1PodSpec(
+                containers=[client.V1Container(name="c", image="x")],
+                tolerations=[client.V1Toleration(operator="Exists")],
+            ),
+        ),
+    )
+    stranger = client.CoreV1Api().read_namespaced_pod("stranger", namespace)
+    assert (
+        post(_token(namespace, stranger, "modelsmith.io/status", kubeconfig), {"step": 99}) == 403
+    )
+    assert _status(namespace, "PretrainJob", "chatty")["progress"]["step"] == 40

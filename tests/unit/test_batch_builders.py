@@ -171,3 +171,16 @@ def test_bad_input_fails_the_run_and_preemption_costs_no_retry() -> None:
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never", "podFailurePolicy needs it"
     attempt = _env(job)["MODELSMITH_ATTEMPT"]["fieldRef"]["fieldPath"]
     assert attempt == "metadata.annotations['batch.kubernetes.io/job-index-failure-count']"
+
+
+def test_pods_get_a_projected_token_for_progress_reports_only_when_configured() -> None:
+    plain = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), SETTINGS)
+    assert "MODELSMITH_STATUS_URL" not in _env(plain)
+    settings = Settings("r", "t", status_url="http://ms.system.svc:8081")
+    job = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), settings)
+    assert _env(job)["MODELSMITH_STATUS_URL"] == "http://ms.system.svc:8081"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    token = volumes["status-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "modelsmith.io/status"
+    mounts = {m["name"]: m["mountPath"] for m in _container(job)["volumeMounts"]}
+    assert _env(job)["MODELSMITH_STATUS_TOKEN_FILE"] == mounts["status-token"] + "/token"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from modelsmith.api.common import BatchStatus, Phase
 from modelsmith.conditions import Reason
-from modelsmith.jobstatus import compute_status, summarize_pods, waiting_status
+from modelsmith.jobstatus import compute_status, summarize_pods, waiting_status, with_eta
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -207,3 +207,14 @@ def test_waiting_status(reason: Reason, phase: Phase, failed: str) -> None:
     assert conds["Ready"].status.value == "False"
     assert conds["Ready"].reason == reason
     assert conds["Failed"].status.value == failed
+
+
+@pytest.mark.parametrize(
+    ("step", "total", "eta"),
+    [(25, 100, 300), (100, 100, 0), (0, 100, None), (10, None, None), (120, 100, None)],
+)
+def test_eta_is_linear_in_the_time_taken_so_far(
+    step: int, total: int | None, eta: int | None
+) -> None:
+    progress = with_eta(step, total, T0, T0 + timedelta(seconds=100))
+    assert (progress.step, progress.total, progress.eta_seconds) == (step, total, eta)

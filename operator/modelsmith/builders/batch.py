@@ -14,7 +14,7 @@ from typing import Any
 
 from modelsmith.api.common import WorkloadSpec
 from modelsmith.api.meta import GROUP, VERSION
-from modelsmith.config import Settings
+from modelsmith.config import STATUS_AUDIENCE, Settings
 from modelsmith.contract import (
     TASK_API_VERSION,
     TASK_CONFIG_DIR,
@@ -24,6 +24,8 @@ from modelsmith.contract import (
 )
 
 RENDEZVOUS_PORT = 29500
+STATUS_TOKEN_DIR = "/var/run/secrets/modelsmith.io/status"  # noqa: S105 (a mount path)
+STATUS_TOKEN_SECONDS = 3600
 FAILURE_COUNT_ANNOTATION = "batch.kubernetes.io/job-index-failure-count"
 
 
@@ -130,6 +132,33 @@ def desired_service(owner: Owner, layout: Layout) -> dict[str, Any] | None:
     }
 
 
+def _status_reporting(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Env and volume that let a pod report progress to the operator, as Kubeflow
+    Trainer's status server does: a projected token for our audience proves which pod
+    is talking, so pods need no RBAC of their own and cannot write another's status."""
+    if not settings.status_url:
+        return [], []
+    env = [
+        {"name": "MODELSMITH_STATUS_URL", "value": settings.status_url},
+        {"name": "MODELSMITH_STATUS_TOKEN_FILE", "value": f"{STATUS_TOKEN_DIR}/token"},
+    ]
+    volume = {
+        "name": "status-token",
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": STATUS_AUDIENCE,
+                        "expirationSeconds": STATUS_TOKEN_SECONDS,
+                        "path": "token",
+                    }
+                }
+            ]
+        },
+    }
+    return env, [volume]
+
+
 def _env(owner: Owner, spec: WorkloadSpec, layout: Layout) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "MODELSMITH_TASK_CONFIG", "value": TASK_CONFIG_PATH},
@@ -190,19 +219,27 @@ def desired_job(
     if layout.gpus_per_worker:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(layout.gpus_per_worker)
     args = [layout.entrypoint, f"--task-config={TASK_CONFIG_PATH}"]
+    status_env, status_volumes = _status_reporting(settings)
+    mounts = [{"name": "task-config", "mountPath": TASK_CONFIG_DIR, "readOnly": True}]
+    mounts += [
+        {"name": v["name"], "mountPath": STATUS_TOKEN_DIR, "readOnly": True} for v in status_volumes
+    ]
     container = {
         "name": layout.component,
         "image": spec.image or settings.image(layout.component),
         "args": args,
-        "env": _env(owner, spec, layout),
+        "env": _env(owner, spec, layout) + status_env,
         "resources": {"requests": requests, "limits": limits},
-        "volumeMounts": [{"name": "task-config", "mountPath": TASK_CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [{"name": "task-config", "configMap": {"name": config_name(owner)}}],
+        "volumes": [
+            {"name": "task-config", "configMap": {"name": config_name(owner)}},
+            *status_volumes,
+        ],
     }
     if layout.workers > 1:
         pod["subdomain"] = service_name(owner)
