@@ -11,10 +11,12 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 stamp=.venv/.modelsmith-deps
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml images/runtime/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  # The workload runtime with every extra: torch is PyPI's CUDA build (about 3 GB with
+  # its nvidia-* wheels; it runs on the CPU here). pip's cache keeps it for next time.
+  .venv/bin/python -m pip install --quiet -e ".[dev]" -e "images/runtime[all]"
   echo "$want" > "$stamp"
 fi
 .venv/bin/modelsmith dev build

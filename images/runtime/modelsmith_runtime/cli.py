@@ -1,0 +1,111 @@
+"""`modelsmith-runtime <component> --task-config=…`: the images' one entrypoint.
+
+Whatever happens, the process ends by writing a contract `Result` to the termination
+log and exiting with the contract's exit code, so the operator can tell bad input
+(fail now) from a transient failure (retry from the checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from modelsmith.contract import TASK_CONFIG_PATH, TERMINATION_LOG, ErrorInfo, ExitCode, Result
+from modelsmith_runtime import launch
+from modelsmith_runtime.errors import BadInputError, TransientError
+
+log = logging.getLogger("modelsmith_runtime")
+
+COMPONENTS = {
+    "data": "modelsmith_runtime.data.main",
+    "pretrain": "modelsmith_runtime.train.main",
+    "finetune": "modelsmith_runtime.finetune.main",
+    "quantize": "modelsmith_runtime.quantize.main",
+}
+"""Component -> module with `run(task_config: Path) -> Result`."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, so log collectors parse what the workload says."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if os.environ.get("RANK"):
+            entry["rank"] = os.environ["RANK"]
+        return json.dumps(entry)
+
+
+def _termination_log() -> Path:
+    return Path(os.environ.get("MODELSMITH_TERMINATION_LOG", TERMINATION_LOG))
+
+
+def write_result(result: Result, code: int = 0) -> None:
+    ranked = launch.rank_files(dict(os.environ))
+    if ranked is not None:  # one rank of our own torchrun: the launcher decides
+        ranked[0].write_text(result.render())
+        ranked[1].write_text(str(code))
+        return
+    path = _termination_log()
+    try:
+        path.write_text(result.render())
+    except OSError as exc:  # outside a pod /dev/termination-log may not be writable
+        log.warning("could not write termination message to %s: %s", path, exc)
+
+
+def _component(name: str) -> Callable[[Path], Result]:
+    module = importlib.import_module(COMPONENTS[name])
+    run: Callable[[Path], Result] = module.run
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelsmith-runtime")
+    parser.add_argument("component", choices=sorted(COMPONENTS))
+    parser.add_argument("--task-config", type=Path, default=Path(TASK_CONFIG_PATH))
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=os.environ.get("MODELSMITH_LOG_LEVEL", "INFO"), handlers=[handler])
+    if launch.should_launch(dict(os.environ)):
+        code, result = launch.launch(args.component, args.task_config)
+        write_result(result)
+        return code
+    try:
+        result = _component(args.component)(args.task_config)
+    except BadInputError as exc:
+        log.error("bad input (%s): %s", exc.reason, exc.message)
+        write_result(
+            Result(error=ErrorInfo(reason=exc.reason, message=exc.message)), ExitCode.BAD_INPUT
+        )
+        return int(ExitCode.BAD_INPUT)
+    except TransientError as exc:
+        log.error("failed (%s), a retry may pass: %s", exc.reason, traceback.format_exc())
+        error = ErrorInfo(reason=exc.reason, message=exc.message)
+        write_result(
+            (exc.partial or Result()).model_copy(update={"error": error}), ExitCode.TRANSIENT
+        )
+        return int(ExitCode.TRANSIENT)
+    except Exception as exc:
+        log.error("failed: %s", traceback.format_exc())
+        error = ErrorInfo(reason=type(exc).__name__, message=str(exc) or repr(exc))
+        write_result(Result(error=error), ExitCode.TRANSIENT)
+        return int(ExitCode.TRANSIENT)
+    write_result(result)
+    log.info("done: %s", result.render())
+    return int(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

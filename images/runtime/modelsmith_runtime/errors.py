@@ -1,0 +1,30 @@
+"""Two kinds of failure, because the Job controller treats them differently.
+
+A `BadInputError` ends the process with exit code 2, which the Job's podFailurePolicy
+turns into an immediate run failure: retrying a corrupt corpus cannot help. Anything
+else exits 1 and is retried from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+from modelsmith.contract import Result
+
+
+class BadInputError(Exception):
+    """The task config, an input artifact or the data is wrong."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class TransientError(Exception):
+    """A failure a retry may get past; carries what the run achieved so far (checkpoint,
+    progress), so the operator shows where the retry resumes."""
+
+    def __init__(self, reason: str, message: str, partial: Result | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.partial = partial

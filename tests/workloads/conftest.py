@@ -1,0 +1,92 @@
+"""Run the image entrypoints as real processes, the way a pod runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelsmith.contract import TASK_API_VERSION, Result, parse_result
+
+
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    result: Result | None
+    """What the process wrote to its termination log."""
+    output: str
+    """stdout and stderr, for assertion messages."""
+
+
+def task_config(kind: str, spec: dict[str, Any], output: str, **inputs: str) -> dict[str, Any]:
+    return {
+        "apiVersion": TASK_API_VERSION,
+        "kind": kind,
+        "name": "test",
+        "inputs": inputs,
+        "output": output,
+        "spec": spec,
+    }
+
+
+def run_component(
+    component: str,
+    config: dict[str, Any] | str,
+    workdir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    argv: list[str] | None = None,
+) -> Run:
+    """``modelsmith-runtime <component>`` in a subprocess; config may be raw text."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "task.json"
+    config_path.write_text(config if isinstance(config, str) else json.dumps(config))
+    log = workdir / "termination-log"
+    log.unlink(missing_ok=True)
+    full_env = {
+        **os.environ,
+        "MODELSMITH_TERMINATION_LOG": str(log),
+        "MODELSMITH_METRICS_PORT": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    command = argv or [sys.executable, "-m", "modelsmith_runtime.cli", component]
+    proc = subprocess.run(
+        [*command, f"--task-config={config_path}"],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    message = log.read_text() if log.exists() else None
+    return Run(proc.returncode, parse_result(message), proc.stdout + proc.stderr)
+
+
+def pod_env(per_node: int, nodes: int = 1) -> dict[str, str]:
+    """What the operator's Job gives a worker pod; the runtime starts torchrun itself."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {
+        "NNODES": str(nodes),
+        "NPROC_PER_NODE": str(per_node),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "MODELSMITH_WORKER_INDEX": "0",
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
