@@ -1,0 +1,222 @@
+"""DataPipeline throughput and MinHash dedup quality, against datatrove, in one run.
+
+On one generated corpus with planted duplicates (tests/workloads/corpus.py), prints:
+
+- our MinHash dedup alone (datasketch signatures + LSH + union-find), and datatrove's
+  four-stage MinHash dedup (signatures, buckets, cluster, filter) with the same word
+  5-grams and the same banding: documents/s and MB/s per core, precision and recall
+  of removing the planted near duplicates, and the ratio of the two speeds;
+- the whole ``modelsmith-runtime data`` process (read, normalize, filters, exact and
+  near dedup, BPE training, tokenization, packing, publish) on one core.
+
+Everything runs on one core (one process, OMP and tokenizers threads off), so the
+figures are per core. datatrove is not a dependency: without it, our figures are
+still printed.
+
+    .venv/bin/pip install datatrove xxhash   # the baseline, optional
+    .venv/bin/python bench/data_pipeline.py [--originals 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.workloads.corpus import JUNK, Corpus, generate, write_jsonl  # noqa: E402
+
+from modelsmith.api.datapipeline import Normalize  # noqa: E402
+from modelsmith.contract import TASK_API_VERSION  # noqa: E402
+from modelsmith_runtime.data.dedup import LSH_WEIGHTS, near_duplicates, signatures  # noqa: E402
+from modelsmith_runtime.data.normalize import normalize  # noqa: E402
+
+THRESHOLD = 0.8
+PERMUTATIONS = 128
+NGRAM = 5
+
+
+def _line(name: str, docs: int, megabytes: float, cpu: float, scores: tuple[float, float]) -> None:
+    precision, recall = scores
+    print(
+        f"{name:<34} {docs / cpu:>9.0f} docs/s/core {megabytes / cpu:>7.2f} MB/s/core "
+        f"precision {precision:.3f} recall {recall:.3f}  ({cpu:.1f} CPU s)"
+    )
+
+
+def ours(corpus: Corpus, texts: list[str]) -> tuple[float, tuple[float, float]]:
+    import datasketch  # noqa: F401 - its import (scipy) is not dedup time
+
+    start = time.process_time()
+    sigs = signatures(texts, len(texts), PERMUTATIONS, NGRAM)
+    duplicate = near_duplicates(sigs, THRESHOLD)
+    cpu = time.process_time() - start
+    kept = {text for text, dup in zip(texts, duplicate, strict=True) if not dup}
+    return cpu, corpus.scores(kept)
+
+
+def datatrove(corpus: Corpus, texts: list[str]) -> tuple[float, tuple[float, float]] | None:
+    try:
+        from datatrove.data import Document
+        from datatrove.executor import LocalPipelineExecutor
+        from datatrove.pipeline.dedup.minhash import (
+            MinhashConfig,
+            MinhashDedupBuckets,
+            MinhashDedupCluster,
+            MinhashDedupFilter,
+            MinhashDedupSignature,
+        )
+        from datatrove.utils.hashing import HashConfig
+        from datatrove.utils.word_tokenizers import WordTokenizer
+        from loguru import logger
+    except ImportError as exc:
+        print(f"datatrove baseline skipped: {exc} (pip install datatrove xxhash)")
+        return None
+
+    class Words(WordTokenizer):  # type: ignore[misc]
+        """datatrove already lowercases and strips punctuation; NLTK would need a download."""
+
+        def word_tokenize(self, text: str) -> list[str]:
+            return text.split()
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [text]
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [(0, len(text))]
+
+    logger.remove()
+    try:
+        import xxhash  # noqa: F401
+
+        hash_config = HashConfig()  # datatrove's default: xxhash, 64 bits
+    except ImportError:
+        hash_config = HashConfig(hash_fc="sha1", precision=32)
+    # Our banding at this threshold (MinHashLSH with LSH_WEIGHTS): the same for both.
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=PERMUTATIONS, weights=LSH_WEIGHTS)
+    config = MinhashConfig(
+        n_grams=NGRAM, num_buckets=lsh.b, hashes_per_bucket=lsh.r, hash_config=hash_config
+    )
+    print(f"datatrove config: {config} ({lsh.b} bands x {lsh.r} rows, {hash_config.hash_fc})")
+    docs = [Document(text=text, id=str(i)) for i, text in enumerate(texts)]
+    kept: list[str] = []
+
+    def collect(data: Any, rank: int = 0, world_size: int = 1) -> Any:
+        for doc in data:
+            kept.append(doc.text)
+            yield doc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sigs, buckets, remove = (f"{tmp}/{name}" for name in ("sigs", "buckets", "remove"))
+        stages: list[tuple[list[Any], int]] = [
+            ([docs, MinhashDedupSignature(sigs, config=config, language=Words())], 1),
+            ([MinhashDedupBuckets(sigs, buckets, config=config)], config.num_buckets),
+            ([MinhashDedupCluster(buckets, remove, config=config)], 1),
+            ([docs, MinhashDedupFilter(remove), collect], 1),
+        ]
+        start = time.process_time()
+        with Path(os.devnull).open("w") as quiet, contextlib.redirect_stderr(quiet):
+            for n, (pipeline, tasks) in enumerate(stages):
+                LocalPipelineExecutor(
+                    pipeline=pipeline, tasks=tasks, workers=1, logging_dir=f"{tmp}/logs{n}"
+                ).run()
+        cpu = time.process_time() - start
+    return cpu, corpus.scores(set(kept))
+
+
+def pipeline(corpus: Corpus) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_jsonl(corpus.texts, work / "raw" / "corpus.jsonl")
+        out = work / "dataset"
+        config = {
+            "apiVersion": TASK_API_VERSION,
+            "kind": "DataPipeline",
+            "name": "bench",
+            "inputs": {},
+            "output": str(out),
+            "spec": {
+                "output": {"uri": str(out)},
+                "sources": [{"uri": str(work / "raw"), "format": "jsonl"}],
+                "dedup": {"threshold": THRESHOLD, "permutations": PERMUTATIONS, "ngram": NGRAM},
+                "tokenizer": {"train": {"vocabSize": 8192}},
+                "packing": {"sequenceLength": 1024},
+            },
+        }
+        (work / "task.json").write_text(json.dumps(config))
+        env = {
+            **os.environ,
+            "MODELSMITH_TERMINATION_LOG": str(work / "result.json"),
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",
+        }
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "modelsmith_runtime.cli",
+                "data",
+                f"--task-config={work / 'task.json'}",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        wall = time.perf_counter() - wall
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        result: dict[str, Any] = json.loads((work / "result.json").read_text())
+        return {"wall": wall, "cpu": cpu, **result["metrics"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--originals", type=int, default=10000)
+    args = parser.parse_args()
+    n = args.originals
+    corpus = generate(
+        originals=n, exact=n // 10, near=n // 5, related=n // 20, junk_each=max(1, n // 200)
+    )
+    spec = Normalize()
+    texts = [normalize(d.text, spec) for d in corpus.docs if d.kind not in JUNK]
+    megabytes = sum(len(t.encode()) for t in texts) / 1e6
+    print(
+        f"corpus: {len(corpus.docs)} documents, {len(texts)} reach dedup ({megabytes:.1f} MB); "
+        f"planted: {dict(corpus.counts)}"
+    )
+    print(f"MinHash: threshold {THRESHOLD}, {PERMUTATIONS} permutations, word {NGRAM}-grams")
+
+    our_cpu, our_scores = ours(corpus, texts)
+    _line("modelsmith MinHash dedup", len(texts), megabytes, our_cpu, our_scores)
+    baseline = datatrove(corpus, texts)
+    if baseline is not None:
+        dt_cpu, dt_scores = baseline
+        _line("datatrove MinHash dedup (4 stages)", len(texts), megabytes, dt_cpu, dt_scores)
+        print(f"speed ratio modelsmith / datatrove: {dt_cpu / our_cpu:.2f}x")
+
+    run = pipeline(corpus)
+    raw_mb = run["bytes_in"] / 1e6
+    print(
+        f"{'modelsmith full pipeline (process)':<34} {run['documents_in'] / run['cpu']:>9.0f} "
+        f"docs/s/core {raw_mb / run['cpu']:>7.2f} MB/s/core  ({run['cpu']:.1f} CPU s, "
+        f"{run['wall']:.1f} s wall; {run['documents_out']:.0f} kept, "
+        f"{run['tokens']:.0f} tokens, duplicate rate {run['duplicate_rate']:.3f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
