@@ -1,0 +1,106 @@
+"""Which sequences each rank trains on, as a pure function of one stream position.
+
+The dataset's packed token stream is cut into windows of the run's sequence length
+(exactly the dataset's rows when the two lengths agree, so a dataset packed for 2048
+also trains a 512-token model). Windows are visited epoch by epoch, in a permutation
+seeded by (seed, epoch); an optimizer step consumes the global batch at stream
+positions [p, p + globalBatchSize) and rank r takes its own contiguous slice of it.
+The position p is then the whole data state: it goes into every checkpoint, and a
+resumed run, even one with another world size, sees exactly the sequences an
+uninterrupted run would have seen.
+
+The permutation is held in memory (8 bytes per window, like Megatron's shuffle index):
+about 4 GB per rank for a trillion tokens at 2048, which a pretraining node affords.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelsmith_runtime.errors import BadInputError
+from modelsmith_runtime.shards import PackedDataset
+
+
+@dataclass(frozen=True)
+class TokenWindows:
+    """Fixed-length windows over the shards' flat token arrays, without copying them."""
+
+    shards: tuple[np.ndarray[Any, Any], ...]
+    starts: np.ndarray[Any, Any]
+    """starts[i]: the first window of shard i; starts[-1]: the number of windows."""
+    length: int
+
+    @classmethod
+    def open(cls, dataset: PackedDataset, length: int) -> TokenWindows:
+        flat = tuple(array.reshape(-1) for array in dataset.arrays)
+        counts = [len(array) // length for array in flat]
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if starts[-1] == 0:
+            raise BadInputError(
+                "DatasetTooSmall",
+                f"{dataset.root}: no shard holds {length} tokens (training.sequenceLength)",
+            )
+        return cls(flat, starts, length)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def gather(self, windows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The token windows at these indices, as an int64 (n, length) array."""
+        out = np.empty((len(windows), self.length), dtype=np.int64)
+        shard_of = np.searchsorted(self.starts, windows, side="right") - 1
+        for row, (window, shard) in enumerate(zip(windows, shard_of, strict=True)):
+            offset = int(window - self.starts[shard]) * self.length
+            out[row] = self.shards[shard][offset : offset + self.length]
+        return out
+
+
+@dataclass
+class SequenceOrder:
+    """The seeded visiting order of windows, epoch after epoch."""
+
+    windows: int
+    seed: int
+    _cache: dict[int, np.ndarray[Any, Any]] = field(default_factory=dict)
+
+    def _epoch(self, epoch: int) -> np.ndarray[Any, Any]:
+        if epoch not in self._cache:
+            self._cache.clear()
+            self._cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.windows)
+        return self._cache[epoch]
+
+    def take(self, position: int, count: int) -> np.ndarray[Any, Any]:
+        """Window indices at stream positions [position, position + count)."""
+        parts = []
+        while count > 0:
+            epoch, offset = divmod(position, self.windows)
+            part = self._epoch(epoch)[offset : offset + count]
+            parts.append(part)
+            position += len(part)
+            count -= len(part)
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Batches:
+    """One rank's micro-batches for the optimizer step that starts at a stream position."""
+
+    windows: TokenWindows
+    order: SequenceOrder
+    global_batch: int
+    micro_batch: int
+    rank: int
+    world: int
+
+    @property
+    def per_rank(self) -> int:
+        return self.global_batch // self.world
+
+    def step(self, position: int) -> list[np.ndarray[Any, Any]]:
+        """Micro-batches of token windows; the step consumes ``global_batch`` positions."""
+        start = position + self.rank * self.per_rank
+        mine = self.windows.gather(self.order.take(start, self.per_rank))
+        return [mine[i : i + self.micro_batch] for i in range(0, len(mine), self.micro_batch)]

@@ -1,0 +1,27 @@
+"""`modelsmith-runtime pretrain`: check everything that can be checked cheaply, then train.
+
+Each rank torchrun starts runs `run`. `check` is the cheap half on its own (the task
+config, the spec, the dataset and tokenizer artifacts) for a launcher that wants to
+fail bad input before it starts torchrun: torchrun reports any worker failure as exit
+code 1, so a BadInputError raised inside a worker reaches the Job as a retryable one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelsmith.api.pretrain import PretrainJobSpec
+from modelsmith.contract import Result
+from modelsmith_runtime.task import load_task
+from modelsmith_runtime.train.plan import Plan, make_plan
+
+
+def check(task_config: Path) -> Plan:
+    return make_plan(load_task(task_config, PretrainJobSpec))
+
+
+def run(task_config: Path) -> Result:
+    plan = check(task_config)
+    from modelsmith_runtime.train.session import train  # torch and transformers: seconds
+
+    return train(plan)

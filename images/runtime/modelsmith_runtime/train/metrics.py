@@ -1,0 +1,115 @@
+"""Training metrics to the three places people look: logs, TensorBoard, Prometheus.
+
+Every log interval rank 0 writes one JSON line (the pod log is the one sink that is
+always there), adds TensorBoard scalars when tensorboard is installed, and sets
+Prometheus gauges when MODELSMITH_METRICS_PORT names a port. MFU is model FLOPs
+(6 x active parameters per token plus attention) over the accelerator's dense peak,
+which comes from MODELSMITH_PEAK_TFLOPS or a table of common GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("modelsmith_runtime.train.metrics")
+
+PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    # (substring of the CUDA device name, dense bf16/fp16 TFLOPS, fp32 TFLOPS)
+    ("H100 PCIe", 756.0, 51.0),
+    ("H100", 989.0, 67.0),
+    ("H200", 989.0, 67.0),
+    ("H20", 148.0, 44.0),
+    ("B200", 2250.0, 80.0),
+    ("A100", 312.0, 19.5),
+    ("A10G", 70.0, 31.2),
+    ("A10", 125.0, 31.2),
+    ("L40S", 362.0, 91.6),
+    ("L4", 121.0, 30.3),
+    ("V100", 125.0, 15.7),
+)
+"""Vendor datasheet dense (no sparsity) figures per GPU."""
+
+
+def peak_flops(device: torch.device, half_precision: bool) -> float | None:
+    """FLOP/s of one accelerator at the training precision; None when unknown (CPU)."""
+    override = os.environ.get("MODELSMITH_PEAK_TFLOPS")
+    if override:
+        return float(override) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, half, full in PEAK_TFLOPS:
+        if key in name:
+            return (half if half_precision else full) * 1e12
+    return None
+
+
+class _Prometheus:
+    def __init__(self, port: int) -> None:
+        from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+        # A registry of its own: only these gauges, and no clash with a second sink
+        # in the same process.
+        self.registry = CollectorRegistry()
+        start_http_server(port, registry=self.registry)
+        self.gauges = {
+            name: Gauge(f"modelsmith_train_{name}", help_text, registry=self.registry)
+            for name, help_text in (
+                ("loss", "Language-model loss at the last log interval."),
+                ("learning_rate", "Learning rate."),
+                ("tokens_per_second", "Training throughput, all ranks."),
+                ("mfu", "Model FLOPs utilisation (0..1)."),
+                ("step", "Optimizer steps done."),
+                ("total_steps", "Optimizer steps in the whole run."),
+            )
+        }
+
+    def update(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            gauge = self.gauges.get(name)
+            if gauge is not None:
+                gauge.set(value)
+
+
+class MetricsSink:
+    """Rank 0's reporter; on other ranks every method is a no-op."""
+
+    def __init__(self, enabled: bool, tensorboard_dir: Path | None) -> None:
+        self.enabled = enabled
+        self._tb: Any = None
+        self._prom: _Prometheus | None = None
+        if not enabled:
+            return
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                pass  # tensorboard is optional in the image
+            else:
+                self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
+        port = int(os.environ.get("MODELSMITH_METRICS_PORT", "0") or 0)
+        if port:
+            try:
+                self._prom = _Prometheus(port)
+            except OSError as exc:
+                log.warning("metrics port %d unavailable: %s", port, exc)
+
+    def record(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        log.info("%s", json.dumps({"event": "train", "step": step, **values}))
+        if self._tb is not None:
+            for name, value in values.items():
+                self._tb.add_scalar(f"train/{name}", value, step)
+        if self._prom is not None:
+            self._prom.update({"step": float(step), **values})
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
