@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from modelsmith_runtime.progress import ProgressReporter
+
 log = logging.getLogger("modelsmith_runtime.train.metrics")
 
 PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
@@ -84,6 +86,7 @@ class MetricsSink:
         self.enabled = enabled
         self._tb: Any = None
         self._prom: _Prometheus | None = None
+        self._progress = ProgressReporter()
         if not enabled:
             return
         if tensorboard_dir is not None:
@@ -109,6 +112,8 @@ class MetricsSink:
                 self._tb.add_scalar(f"train/{name}", value, step)
         if self._prom is not None:
             self._prom.update({"step": float(step), **values})
+        total = int(values.get("total_steps", 0)) or None
+        self._progress.report(step, total, force=step == total)
 
     def close(self) -> None:
         if self._tb is not None:
