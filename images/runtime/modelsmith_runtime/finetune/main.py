@@ -1,0 +1,105 @@
+"""`modelsmith-runtime finetune`: check the spec and the inputs cheaply, then fine-tune.
+
+`check` is the cheap half (task config, spec, base model artifact, every dataset line);
+torch, transformers and peft are imported only after it passed, so bad input fails
+in about a second. The run publishes the model or the adapter atomically and reports
+eval loss on the held-out split before and after training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from modelsmith.api.finetune import DatasetFormat, FineTuneSpec
+from modelsmith.api.pretrain import Precision
+from modelsmith.contract import ProgressInfo, Result
+from modelsmith_runtime.errors import BadInputError, TransientError
+from modelsmith_runtime.finetune.plan import Plan, make_plan
+from modelsmith_runtime.task import load_task
+
+log = logging.getLogger(__name__)
+
+
+def check(task_config: Path) -> Plan:
+    return make_plan(load_task(task_config, FineTuneSpec))
+
+
+def run(task_config: Path) -> Result:
+    return finetune(check(task_config))
+
+
+def _max_positions(plan: Plan) -> int | None:
+    import json
+
+    config = json.loads((plan.base_dir / "config.json").read_text())
+    value = config.get("max_position_embeddings")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def finetune(plan: Plan) -> Result:
+    import torch
+
+    from modelsmith_runtime import hfmodel, storage
+    from modelsmith_runtime.finetune import model as ftmodel
+    from modelsmith_runtime.finetune.loop import Loop, split
+    from modelsmith_runtime.finetune.tokens import tokenize_all
+
+    hfmodel.quiet_transformers()
+    spec, hp = plan.spec, plan.spec.hyperparameters
+    device = hfmodel.pick_device()
+    if spec.resources.gpus and device.type == "cpu":
+        log.warning("resources.gpus is %d but no CUDA device is visible", spec.resources.gpus)
+    tokenizer = hfmodel.load_tokenizer(plan.base_dir)
+    if spec.format == DatasetFormat.CHAT and not tokenizer.chat_template:
+        raise BadInputError(
+            "InvalidModel",
+            f"format chat renders conversations with the tokenizer's chat template, and "
+            f"the base model {plan.base_uri} has none; use format instruction",
+        )
+    length = min(hp.sequence_length, _max_positions(plan) or hp.sequence_length)
+    train, held_out = split(tokenize_all(tokenizer, plan.examples, length), spec.eval_split)
+    log.info(
+        "%s fine-tuning on %s: %d train, %d eval examples, %d tokens max",
+        spec.method.value,
+        device,
+        len(train),
+        len(held_out),
+        length,
+    )
+    model = ftmodel.build(plan, device)
+    autocast = None if spec.precision == Precision.FP32 else ftmodel.DTYPES[spec.precision]
+    loop = Loop(model, hp, pad_id=tokenizer.pad_token_id, device=device, autocast=autocast)
+    try:
+        outcome = loop.run(train, held_out)
+    except BadInputError:
+        raise
+    except torch.OutOfMemoryError as exc:
+        raise TransientError("OutOfMemory", str(exc)) from exc
+    except Exception as exc:
+        raise TransientError("TrainingFailed", f"{type(exc).__name__}: {exc}") from exc
+    meta = {
+        "kind": "FineTune",
+        "method": spec.method.value,
+        "merged": plan.merged,
+        "baseModel": {"uri": plan.base_uri, "digest": plan.base_digest},
+    }
+    with storage.publish(plan.output, meta) as (staging, digest_out):
+        ftmodel.export(plan, model, tokenizer, staging, device)
+    metrics = {
+        "train_loss": outcome.train_loss,
+        "steps": float(outcome.steps),
+        "train_examples": float(len(train)),
+        "eval_examples": float(len(held_out)),
+    }
+    if outcome.eval_loss is not None and outcome.eval_loss_before is not None:
+        metrics["eval_loss_before"] = outcome.eval_loss_before
+        metrics["eval_loss"] = outcome.eval_loss
+        metrics["eval_perplexity"] = math.exp(min(outcome.eval_loss, 50.0))
+    return Result(
+        uri=plan.output,
+        digest=digest_out[0],
+        metrics=metrics,
+        progress=ProgressInfo(step=outcome.steps, total=outcome.steps),
+    )

@@ -1,0 +1,87 @@
+"""What a FineTune run will do, decided and checked before torch is imported.
+
+Everything here is cheap: the spec (CEL rules again, since a task config can come from
+outside the API server), the base model artifact, and every line of the dataset. Bad
+input therefore fails with exit code 2 in about a second, not after loading a model.
+
+QLoRA without a GPU is sorted by who is at fault. A spec that asks for no GPU
+(``resources.gpus: 0``) cannot ever run QLoRA, whatever node the pod lands on: bad
+input, exit 2, no retry. A spec that asks for one but whose pod finds no usable CUDA
+device met a broken node (driver, device plugin): a retry on another node may pass,
+so that is a TransientError, raised by `model.require_qlora_runtime` once torch is in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelsmith.api.finetune import FineTuneSpec, LoRA, Method
+from modelsmith_runtime import hfmodel, storage
+from modelsmith_runtime.errors import BadInputError
+from modelsmith_runtime.finetune.records import Example, read_examples
+from modelsmith_runtime.task import Task
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: FineTuneSpec
+    base_uri: str
+    base_dir: Path
+    base_digest: str | None
+    dataset_uri: str
+    output: str
+    examples: list[Example]
+    lora: LoRA | None
+    """Adapter settings for lora and qlora (the defaults when the spec has none)."""
+
+    @property
+    def merged(self) -> bool:
+        """Whether the output is a plain model (full fine-tuning, or a merged adapter)."""
+        return self.spec.method == Method.FULL or self.spec.merge_adapter
+
+    @property
+    def accumulation(self) -> int:
+        h = self.spec.hyperparameters
+        return h.batch_size // h.micro_batch_size
+
+
+def check_spec(spec: FineTuneSpec) -> None:
+    """What the CRD's CEL rules refuse, and what this trainer cannot do."""
+    h = spec.hyperparameters
+    if spec.method == Method.FULL and spec.lora is not None:
+        raise BadInputError("InvalidSpec", "lora settings need method lora or qlora")
+    if spec.method == Method.FULL and spec.merge_adapter:
+        raise BadInputError("InvalidSpec", "mergeAdapter needs method lora or qlora")
+    if h.batch_size % h.micro_batch_size:
+        raise BadInputError(
+            "InvalidSpec", "hyperparameters.batchSize must be a multiple of microBatchSize"
+        )
+    if spec.method == Method.QLORA and spec.resources.gpus == 0:
+        raise BadInputError(
+            "Unsupported",
+            "method qlora needs a CUDA GPU: it loads the base model in 4 bits with "
+            "bitsandbytes, whose 4-bit kernels run on CUDA only, and this FineTune asks "
+            "for none (resources.gpus: 0). Set resources.gpus, or use method lora "
+            "(same adapter, base kept in 16/32 bits), which also runs on CPU",
+        )
+
+
+def make_plan(task: Task[FineTuneSpec]) -> Plan:
+    spec = task.spec
+    check_spec(spec)
+    base_uri = task.input("baseModel")
+    base_dir = hfmodel.open_model(base_uri, "baseModel")
+    dataset_uri = task.input("dataset")
+    examples = read_examples(dataset_uri, spec.format)
+    lora = None if spec.method == Method.FULL else (spec.lora or LoRA())
+    return Plan(
+        spec=spec,
+        base_uri=base_uri,
+        base_dir=base_dir,
+        base_digest=storage.artifact_digest(base_dir),
+        dataset_uri=dataset_uri,
+        output=task.config.output,
+        examples=examples,
+        lora=lora,
+    )
