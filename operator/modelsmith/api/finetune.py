@@ -95,5 +95,5 @@ FINETUNE = KindInfo(
     spec=FineTuneSpec,
     status=BatchStatus,
     description="Full, LoRA or QLoRA fine-tuning of a pretrained model.",
-    printer_columns=batch_columns("EvalLoss", ".status.outputs.metrics.evalLoss"),
+    printer_columns=batch_columns("EvalLoss", ".status.outputs.metrics.eval_loss"),
 )

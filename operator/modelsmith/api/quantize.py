@@ -77,5 +77,7 @@ QUANTIZEJOB = KindInfo(
     spec=QuantizeJobSpec,
     status=BatchStatus,
     description="INT8 / INT4 / GPTQ / FP8 post-training quantization with a quality gate.",
-    printer_columns=batch_columns("PPLDelta%", ".status.outputs.metrics.perplexityIncreasePercent"),
+    printer_columns=batch_columns(
+        "PPLDelta%", ".status.outputs.metrics.perplexity_increase_percent"
+    ),
 )
