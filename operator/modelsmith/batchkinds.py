@@ -57,7 +57,9 @@ def _pretrain_layout(s: PretrainJobSpec) -> Layout:
 
 def _finetune_layout(s: FineTuneSpec) -> Layout:
     gpus = s.resources.gpus
-    return Layout("trainer", "finetune", workers=1, gpus_per_worker=gpus, torchrun=gpus > 1)
+    # One process per pod: the fine-tuning runtime is not a torch.distributed program
+    # yet, so no torchrun rendezvous env (the runtime would start one rank per GPU).
+    return Layout("trainer", "finetune", workers=1, gpus_per_worker=gpus)
 
 
 def _quantize_inputs(s: QuantizeJobSpec) -> dict[str, Input | None]:

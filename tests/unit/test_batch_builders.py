@@ -184,3 +184,20 @@ def test_pods_get_a_projected_token_for_progress_reports_only_when_configured() 
     assert token["audience"] == "modelsmith.io/status"
     mounts = {m["name"]: m["mountPath"] for m in _container(job)["volumeMounts"]}
     assert _env(job)["MODELSMITH_STATUS_TOKEN_FILE"] == mounts["status-token"] + "/token"
+
+
+def test_fine_tuning_on_several_gpus_is_one_process_without_torchrun_env() -> None:
+    from modelsmith.api.finetune import FineTuneSpec
+
+    spec = FineTuneSpec.model_validate(
+        {
+            "baseModel": {"uri": "/m"},
+            "dataset": {"uri": "/d.jsonl"},
+            "resources": {"gpus": 4},
+            "output": {"uri": "/o"},
+        }
+    )
+    layout = KIND["FineTune"].layout(spec)
+    assert (layout.workers, layout.gpus_per_worker, layout.torchrun) == (1, 4, False)
+    env = _env(desired_job(OWNER, spec, layout, SETTINGS))
+    assert "NPROC_PER_NODE" not in env and "MASTER_ADDR" not in env

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=os.environ.get("MODELSMITH_LOG_LEVEL", "INFO"), handlers=[handler])
-    if launch.should_launch(dict(os.environ)):
+    if args.component in launch.DISTRIBUTED and launch.should_launch(dict(os.environ)):
         code, result = launch.launch(args.component, args.task_config)
         write_result(result)
         return code

@@ -20,6 +20,9 @@ from pathlib import Path
 from modelsmith.contract import ErrorInfo, ExitCode, Result, parse_result
 
 RANK_DIR_ENV = "MODELSMITH_RANK_RESULTS"
+DISTRIBUTED = frozenset({"pretrain"})
+"""Components that run as torch.distributed ranks; the others are one process per pod
+(fine-tuning today uses one process, and its GPUs through device placement)."""
 
 
 def world(env: dict[str, str]) -> tuple[int, int]:
