@@ -27,8 +27,8 @@ import torch
 from transformers import PretrainedConfig
 
 from modelsmith.api.pretrain import Architecture, Training
-from modelsmith_runtime.shards import PackedDataset, ShardWriter
-from modelsmith_runtime.train.data import Batches, SequenceOrder, TokenWindows
+from modelsmith_runtime.shards import ShardWriter
+from modelsmith_runtime.train.data import Batches
 from modelsmith_runtime.train.distributed import Dist
 from modelsmith_runtime.train.loop import Trainer
 from modelsmith_runtime.train.metrics import peak_flops
@@ -100,15 +100,7 @@ def _timed(step: Callable[[], None], warmup: int, steps: int, device: torch.devi
 def ours(s: Setup, d: Dist, warmup: int, steps: int) -> float:
     """Seconds for `steps` optimizer steps of the PretrainJob loop."""
     t = s.training
-    windows = TokenWindows.open(PackedDataset.open(s.dataset), t.sequence_length)
-    batches = Batches(
-        windows,
-        SequenceOrder(len(windows), t.seed),
-        t.global_batch_size,
-        t.micro_batch_size,
-        d.rank,
-        d.world,
-    )
+    batches = Batches.for_rank(s.dataset, t.sequence_length, t, d.rank, d.world)
     model = build_model(s.config, d.device, SEED)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t.schedule, 0, warmup + steps)

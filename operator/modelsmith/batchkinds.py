@@ -14,6 +14,7 @@ from modelsmith.api import DATAPIPELINE, FINETUNE, PRETRAINJOB, QUANTIZEJOB, Kin
 from modelsmith.api.common import Input, WorkloadSpec
 from modelsmith.api.datapipeline import DataPipelineSpec
 from modelsmith.api.finetune import FineTuneSpec
+from modelsmith.api.meta import GROUP, VERSION
 from modelsmith.api.pretrain import Launcher, PretrainJobSpec
 from modelsmith.api.quantize import QuantizeJobSpec
 from modelsmith.builders.batch import Layout
@@ -89,3 +90,16 @@ BATCH_KINDS: tuple[BatchKind, ...] = (
     ),
 )
 PLURALS = {k.info.kind: k.info.plural for k in BATCH_KINDS}
+
+
+def batch_owner(metadata: dict[str, Any]) -> tuple[BatchKind, dict[str, Any]] | None:
+    """The batch kind and ownerReference of the modelsmith resource controlling an
+    object (a Job we created), or None when no batch resource of ours controls it."""
+    for ref in metadata.get("ownerReferences", []) or []:
+        if ref.get("controller") and ref.get("apiVersion") == f"{GROUP}/{VERSION}":
+            kind = _BY_KIND.get(ref.get("kind", ""))
+            return (kind, ref) if kind is not None else None
+    return None
+
+
+_BY_KIND = {k.info.kind: k for k in BATCH_KINDS}

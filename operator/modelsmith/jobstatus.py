@@ -12,6 +12,7 @@ from modelsmith.conditions import Reason, set_condition
 from modelsmith.contract import ErrorInfo, Result, parse_result
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -61,22 +62,22 @@ def summarize_pods(pods: list[dict[str, Any]]) -> PodReport:
         if result is not None:
             finished.append((when, pod, result))
     finished.sort(key=lambda item: item[0])
-    report = PodReport()
+    published: Result | None = None
+    checkpoint: CheckpointStatus | None = None
+    failure: ErrorInfo | None = None
+    progress: Progress | None = None
     for _when, pod, result in finished:
         phase = pod.get("status", {}).get("phase")
         annotations = pod.get("metadata", {}).get("annotations", {}) or {}
-        index = annotations.get("batch.kubernetes.io/job-completion-index")
-        if phase == "Succeeded" and index == "0":
-            report = PodReport(result, report.checkpoint, report.failure, report.progress)
+        if phase == "Succeeded" and annotations.get(COMPLETION_INDEX) == "0":
+            published = result
         if result.checkpoint is not None:
-            ckpt = CheckpointStatus(uri=result.checkpoint.uri, step=result.checkpoint.step)
-            report = PodReport(report.result, ckpt, report.failure, report.progress)
+            checkpoint = CheckpointStatus(uri=result.checkpoint.uri, step=result.checkpoint.step)
         if phase == "Failed" and result.error is not None:
-            report = PodReport(report.result, report.checkpoint, result.error, report.progress)
+            failure = result.error
         if result.progress is not None:
             progress = Progress(step=result.progress.step, total=result.progress.total)
-            report = PodReport(report.result, report.checkpoint, report.failure, progress)
-    return report
+    return PodReport(published, checkpoint, failure, progress)
 
 
 def waiting_status(

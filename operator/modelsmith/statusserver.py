@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from modelsmith import k8s
 from modelsmith.api.common import BatchStatus
 from modelsmith.api.meta import GROUP, VERSION
-from modelsmith.batchkinds import PLURALS
+from modelsmith.batchkinds import PLURALS, batch_owner
 from modelsmith.config import STATUS_AUDIENCE
 from modelsmith.jobstatus import with_eta
 
@@ -54,11 +54,8 @@ def _owner_of(identity: dict[str, Any]) -> tuple[str, str, str] | None:
         return None
     job_name = pod["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name")
     job = k8s.get("batch/v1", "Job", namespace, job_name) if job_name else None
-    for ref in (job or {}).get("metadata", {}).get("ownerReferences", []):
-        ours = ref.get("apiVersion") == f"{GROUP}/{VERSION}" and ref.get("kind") in PLURALS
-        if ref.get("controller") and ours:
-            return ref["kind"], namespace, ref["name"]
-    return None
+    owner = batch_owner(job["metadata"]) if job else None
+    return (owner[0].info.kind, namespace, owner[1]["name"]) if owner else None
 
 
 def _record(kind: str, namespace: str, name: str, report: ProgressReport) -> None:

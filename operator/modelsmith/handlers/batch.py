@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from modelsmith import k8s
 from modelsmith.api.common import BatchStatus, Phase
 from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
-from modelsmith.batchkinds import BATCH_KINDS, PLURALS, BatchKind
+from modelsmith.batchkinds import BATCH_KINDS, PLURALS, BatchKind, batch_owner
 from modelsmith.builders.batch import (
     Owner,
     desired_configmap,
@@ -78,21 +78,15 @@ def _apply_children(owner: Owner, children: list[dict[str, Any]]) -> dict[str, A
         job = k8s.get("batch/v1", "Job", owner.namespace, name)
         if job is not None:
             return job
+    # First apply: the ConfigMap before the Job, so no pod starts without its config. A
+    # spec change: the Job first, so that if the API server refuses it (a running Job's
+    # pods are immutable) the ConfigMap does not change under pods still running, or
+    # about to be retried, with the old spec.
     job_manifest, others = children[-1], children[:-1]
-    if previous is None:
-        # First apply: the ConfigMap before the Job, so no pod starts without its config.
-        for child in others:
-            k8s.apply(child)
-        applied = k8s.apply(job_manifest)
-    else:
-        # A spec change: the Job first. If the API server refuses it (a running Job's
-        # pods are immutable), the ConfigMap must not change under the pods still
-        # running or about to be retried with the old spec.
-        applied = k8s.apply(job_manifest)
-        for child in others:
-            k8s.apply(child)
+    ordered = [*others, job_manifest] if previous is None else [job_manifest, *others]
+    applied = {child["kind"]: k8s.apply(child) for child in ordered}
     _APPLIED[owner.uid] = digest
-    return applied
+    return applied["Job"]
 
 
 def _waiting(resolution: Resolution) -> tuple[Reason, str]:
@@ -116,36 +110,30 @@ def _mark_rejected_change(
     The run goes on with the spec it started with; observedGeneration stays behind
     metadata.generation, which is how `kubectl wait` and Argo CD see "not applied".
     """
+    if rejected is None and not any(c.type == "Degraded" for c in new.conditions):
+        return new
     if rejected is None:
-        if not any(c.type == "Degraded" for c in new.conditions):
-            return new
-        conds = set_condition(
-            list(new.conditions),
-            "Degraded",
-            ConditionStatus.FALSE,
-            reason=Reason.SPEC_APPLIED,
-            message="",
-            now=now,
-            generation=generation,
+        status, reason, message = ConditionStatus.FALSE, Reason.SPEC_APPLIED, ""
+    else:
+        status, reason = ConditionStatus.TRUE, Reason.SPEC_CHANGE_REJECTED
+        message = (
+            f"this spec change cannot be applied to the running Job ({rejected}); the run "
+            "goes on with its previous spec. Revert the change, or delete and recreate the "
+            "resource to run with it"
         )
-        return new.model_copy(update={"conditions": conds})
-    message = (
-        f"this spec change cannot be applied to the running Job ({rejected}); the run goes "
-        "on with its previous spec. Revert the change, or delete and recreate the resource "
-        "to run with it"
-    )
     conds = set_condition(
         list(new.conditions),
         "Degraded",
-        ConditionStatus.TRUE,
-        reason=Reason.SPEC_CHANGE_REJECTED,
+        status,
+        reason=reason,
         message=message,
         now=now,
         generation=generation,
     )
-    return new.model_copy(
-        update={"conditions": conds, "observed_generation": current.observed_generation}
-    )
+    update: dict[str, Any] = {"conditions": conds}
+    if rejected is not None:
+        update["observed_generation"] = current.observed_generation
+    return new.model_copy(update=update)
 
 
 class StaleReadError(Exception):
@@ -368,7 +356,6 @@ def register_job_watch(settings: Settings) -> None:
     A 5 s resync timer per resource kept the operator busy re-reading 200 unchanged
     Jobs in the benchmark, and added a kopf finalizer to every resource.
     """
-    kinds = {k.info.kind: k for k in BATCH_KINDS}
 
     @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": "modelsmith"})
     def on_job(body: kopf.Body, type: str | None, **_: Any) -> None:
@@ -377,17 +364,8 @@ def register_job_watch(settings: Settings) -> None:
             return
         if not _job_changed(body):
             return
-        owner = next(
-            (
-                ref
-                for ref in body["metadata"].get("ownerReferences", [])
-                if ref.get("controller") and ref.get("apiVersion") == f"{GROUP}/{VERSION}"
-            ),
-            None,
-        )
-        kind = kinds.get(owner["kind"]) if owner else None
-        if owner is None or kind is None:
+        owner = batch_owner(body["metadata"])
+        if owner is None:
             return
-        _reconcile_fresh(
-            kind, body["metadata"]["namespace"], owner["name"], settings, uid=owner["uid"]
-        )
+        kind, ref = owner
+        _reconcile_fresh(kind, body["metadata"]["namespace"], ref["name"], settings, uid=ref["uid"])

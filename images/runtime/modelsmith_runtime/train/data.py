@@ -16,10 +16,12 @@ about 4 GB per rank for a trillion tokens at 2048, which a pretraining node affo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modelsmith.api.pretrain import Training
 from modelsmith_runtime.errors import BadInputError
 from modelsmith_runtime.shards import PackedDataset
 
@@ -94,6 +96,22 @@ class Batches:
     micro_batch: int
     rank: int
     world: int
+
+    @classmethod
+    def for_rank(
+        cls,
+        dataset: Path,
+        sequence_length: int,
+        training: Training,
+        rank: int,
+        world: int,
+    ) -> Batches:
+        """This rank's batches of a dataset artifact, in the run's seeded order."""
+        windows = TokenWindows.open(PackedDataset.open(dataset), sequence_length)
+        order = SequenceOrder(len(windows), training.seed)
+        return cls(
+            windows, order, training.global_batch_size, training.micro_batch_size, rank, world
+        )
 
     @property
     def per_rank(self) -> int:

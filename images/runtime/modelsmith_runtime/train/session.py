@@ -21,9 +21,8 @@ from modelsmith.api.pretrain import Precision
 from modelsmith.contract import COMPLETION_MARKER, CheckpointInfo, ProgressInfo, Result
 from modelsmith_runtime import storage
 from modelsmith_runtime.errors import BadInputError, TransientError
-from modelsmith_runtime.shards import PackedDataset
 from modelsmith_runtime.train.checkpoint import CheckpointStore, Saved
-from modelsmith_runtime.train.data import Batches, SequenceOrder, TokenWindows
+from modelsmith_runtime.train.data import Batches
 from modelsmith_runtime.train.distributed import Dist, wrap
 from modelsmith_runtime.train.loop import Loop, Progress, Trainer
 from modelsmith_runtime.train.metrics import MetricsSink, peak_flops
@@ -65,15 +64,7 @@ def _build(plan: Plan, d: Dist, store: CheckpointStore) -> Loop:
     config = model_config(
         spec.architecture, plan.vocab_size, plan.sequence_length, special_tokens(plan.tokenizer_dir)
     )
-    windows = TokenWindows.open(PackedDataset.open(plan.dataset_dir), plan.sequence_length)
-    batches = Batches(
-        windows,
-        SequenceOrder(len(windows), t.seed),
-        t.global_batch_size,
-        t.micro_batch_size,
-        d.rank,
-        d.world,
-    )
+    batches = Batches.for_rank(plan.dataset_dir, plan.sequence_length, t, d.rank, d.world)
     autocast = DTYPES[spec.precision]
     dist_spec = spec.distribution
     model = build_model(config, d.device, t.seed)
