@@ -284,3 +284,10 @@ def test_a_running_pod_reports_progress_with_its_own_token(
         post(_token(namespace, stranger, "modelsmith.io/status", kubeconfig), {"step": 99}) == 403
     )
     assert _status(namespace, "PretrainJob", "chatty")["progress"]["step"] == 40
+
+    # Give the 8-GPU node back now, not when the namespace goes: later tests place
+    # 2 x 8-GPU runs and need both GPU nodes free.
+    client.CustomObjectsApi().delete_namespaced_custom_object(
+        *GROUP_ARGS, namespace, "pretrainjobs", "chatty", propagation_policy="Foreground"
+    )
+    wait_for(lambda: not _pods(namespace, "chatty-run"), what="the run's pods to be gone")
