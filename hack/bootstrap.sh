@@ -13,10 +13,14 @@ fi
 stamp=.venv/.modelsmith-deps
 want=$(cat pyproject.toml images/runtime/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet --upgrade pip "setuptools>=77" wheel
   # The workload runtime with every extra: torch is PyPI's CUDA build (about 3 GB with
   # its nvidia-* wheels; it runs on the CPU here). pip's cache keeps it for next time.
   .venv/bin/python -m pip install --quiet -e ".[dev]" -e "images/runtime[all]"
+  # DeepSpeed's sdist builds against the torch just installed: without build isolation,
+  # or pip would fetch torch a second time into a throwaway build environment. The
+  # built wheel lands in pip's cache, so later fresh clones skip the build.
+  .venv/bin/python -m pip install --quiet --no-build-isolation -e "images/runtime[deepspeed]"
   echo "$want" > "$stamp"
 fi
 .venv/bin/modelsmith dev build

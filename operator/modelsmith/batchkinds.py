@@ -12,7 +12,7 @@ from typing import Any
 
 from modelsmith.api import DATAPIPELINE, FINETUNE, PRETRAINJOB, QUANTIZEJOB, KindInfo
 from modelsmith.api.common import Input, WorkloadSpec
-from modelsmith.api.datapipeline import DataPipelineSpec
+from modelsmith.api.datapipeline import DataEngine, DataPipelineSpec
 from modelsmith.api.finetune import FineTuneSpec
 from modelsmith.api.meta import GROUP, VERSION
 from modelsmith.api.pretrain import Launcher, PretrainJobSpec
@@ -34,7 +34,13 @@ class BatchKind:
 
 
 def _data_layout(s: DataPipelineSpec) -> Layout:
-    return Layout("data", "data", workers=s.workers, gpus_per_worker=s.resources.gpus)
+    return Layout(
+        "data",
+        "data",
+        workers=s.workers,
+        gpus_per_worker=s.resources.gpus,
+        ray=s.engine == DataEngine.RAY,
+    )
 
 
 def _data_inputs(s: DataPipelineSpec) -> dict[str, Input | None]:
@@ -53,6 +59,7 @@ def _pretrain_layout(s: PretrainJobSpec) -> Layout:
         workers=d.nodes,
         gpus_per_worker=d.gpus_per_node,
         torchrun=d.launcher == Launcher.TORCHRUN,
+        ray=d.launcher == Launcher.RAY,
     )
 
 

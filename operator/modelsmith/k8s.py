@@ -21,6 +21,7 @@ _PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
+    ("v1", "Secret"): "secrets",
     ("batch/v1", "Job"): "jobs",
 }
 
@@ -106,6 +107,22 @@ def apply(obj: dict[str, Any]) -> dict[str, Any]:
         content_type="application/apply-patch+yaml",
         query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
     )
+
+
+def create_if_absent(obj: dict[str, Any]) -> None:
+    """Create an object that must never be overwritten once it exists (a generated
+    secret): 409 Conflict means it is already there, which is success."""
+    meta = obj["metadata"]
+    try:
+        _call(
+            "POST",
+            _path(obj["apiVersion"], obj["kind"], meta["namespace"]),
+            body=obj,
+            query=[("fieldManager", FIELD_MANAGER)],
+        )
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
 
 
 def get(

@@ -15,6 +15,7 @@ from modelsmith.builders.batch import (
     Owner,
     desired_configmap,
     desired_job,
+    desired_ray_token,
     desired_service,
     task_config,
 )
@@ -201,3 +202,47 @@ def test_fine_tuning_on_several_gpus_is_one_process_without_torchrun_env() -> No
     assert (layout.workers, layout.gpus_per_worker, layout.torchrun) == (1, 4, False)
     env = _env(desired_job(OWNER, spec, layout, SETTINGS))
     assert "NPROC_PER_NODE" not in env and "MASTER_ADDR" not in env
+
+
+def test_ray_runs_form_a_cluster_around_pod_0_and_finish_when_pod_0_does() -> None:
+    owner = Owner("PretrainJob", "big", "ml", "uid-2")
+    kind = KIND["PretrainJob"]
+    layout = kind.layout(_pretrain(nodes=3, gpusPerNode=8, launcher="ray"))
+    assert layout.ray and not layout.torchrun
+    job = desired_job(owner, _pretrain(nodes=3, launcher="ray"), layout, SETTINGS)
+    env = _env(job)
+    assert env["MODELSMITH_RAY_HEAD"] == "big-run-0.big-workers"
+    assert env["RAY_AUTH_MODE"] == "token"
+    assert env["RAY_AUTH_TOKEN"] == {"secretKeyRef": {"name": "big-ray-token", "key": "token"}}
+    # Ray places the training workers itself: no torchrun rendezvous, no torchrun ranks.
+    assert not {"MASTER_ADDR", "NNODES", "NPROC_PER_NODE"} & env.keys()
+    assert job["spec"]["successPolicy"] == {
+        "rules": [{"succeededIndexes": "0", "succeededCount": 1}]
+    }
+    assert job["spec"]["template"]["spec"]["subdomain"] == "big-workers"
+    service = desired_service(owner, layout)
+    assert service is not None and service["spec"]["ports"] == [{"name": "ray", "port": 6379}]
+    secret = desired_ray_token(owner, layout, "t0ken")
+    assert secret is not None
+    assert secret["stringData"] == {"token": "t0ken"}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-2"
+
+
+def test_only_ray_runs_get_a_token_and_single_pod_ray_needs_no_success_policy() -> None:
+    torchrun = KIND["PretrainJob"].layout(_pretrain(nodes=2))
+    assert desired_ray_token(OWNER, torchrun, "t") is None
+    data_ray = KIND["DataPipeline"].layout(_data(engine="ray"))
+    assert data_ray.ray and data_ray.workers == 1
+    job = desired_job(OWNER, _data(engine="ray"), data_ray, SETTINGS)
+    assert "successPolicy" not in job["spec"]
+    assert "MODELSMITH_RAY_HEAD" in _env(job)
+
+
+def test_distributed_pods_get_a_memory_backed_dev_shm() -> None:
+    spec = _pretrain(nodes=2)
+    job = desired_job(OWNER, spec, KIND["PretrainJob"].layout(spec), SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in _container(job)["volumeMounts"]
+    single = desired_job(OWNER, _data(), KIND["DataPipeline"].layout(_data()), SETTINGS)
+    assert all(v["name"] != "dshm" for v in single["spec"]["template"]["spec"]["volumes"])

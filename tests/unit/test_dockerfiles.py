@@ -35,6 +35,6 @@ def test_dockerfile_is_pinned_non_root_and_complete(image: str, entrypoint: str)
 @pytest.mark.parametrize("image", ["data", "trainer", "quantizer"])
 def test_workload_images_install_only_their_extra(image: str) -> None:
     text = (ROOT / "images" / image / "Dockerfile").read_text()
-    extra = {"data": "", "trainer": "[train]", "quantizer": "[quantize]"}[image]
+    extra = {"data": "[ray]", "trainer": "[train,ray,deepspeed]", "quantizer": "[quantize]"}[image]
     assert f'"modelsmith-runtime{extra}"' in text
     assert "--no-deps /wheels/modelsmith-*.whl" in text, "no operator dependencies"

@@ -110,7 +110,6 @@ class Filters(CamelModel):
 
 class NearDedupMethod(StrEnum):
     MINHASH = "minhash"
-    SIMHASH = "simhash"
     NONE = "none"
 
 
@@ -157,6 +156,11 @@ class Packing(CamelModel):
     shard_size_mb: int = Field(default=256, ge=1, le=65536, description="Target shard size.")
 
 
+class DataEngine(StrEnum):
+    INDEXED = "indexed"
+    RAY = "ray"
+
+
 class DataPipelineSpec(WorkloadSpec):
     """Desired state of a DataPipeline."""
 
@@ -174,6 +178,13 @@ class DataPipelineSpec(WorkloadSpec):
     packing: Packing = defaulted(Packing, "Sequence packing.")
     workers: int = Field(
         default=1, ge=1, le=1024, description="Parallel workers, one Indexed Job pod each."
+    )
+    engine: DataEngine = Field(
+        default=DataEngine.INDEXED,
+        description=(
+            "indexed: each worker pod cleans its slice of the sources and worker 0 merges "
+            "them. ray: the worker pods form a Ray cluster and the pipeline runs on Ray Data."
+        ),
     )
 
 

@@ -24,6 +24,8 @@ from modelsmith.contract import (
 )
 
 RENDEZVOUS_PORT = 29500
+RAY_PORT = 6379
+RAY_TOKEN_KEY = "token"  # noqa: S105 (a Secret key name)
 STATUS_TOKEN_DIR = "/var/run/secrets/modelsmith.io/status"  # noqa: S105 (a mount path)
 STATUS_TOKEN_SECONDS = 3600
 FAILURE_COUNT_ANNOTATION = "batch.kubernetes.io/job-index-failure-count"
@@ -78,6 +80,9 @@ class Layout:
     gpus_per_worker: int
     torchrun: bool = False
     """Launch with torchrun across the workers (rendezvous at pod 0)."""
+    ray: bool = False
+    """The workers form a Ray cluster: pod 0 is the head and runs the driver, the run
+    succeeds when pod 0 does (the Job's success policy then stops the others)."""
 
 
 def job_name(owner: Owner) -> str:
@@ -90,6 +95,10 @@ def config_name(owner: Owner) -> str:
 
 def service_name(owner: Owner) -> str:
     return f"{owner.name}-workers"
+
+
+def ray_token_name(owner: Owner) -> str:
+    return f"{owner.name}-ray-token"
 
 
 def task_config(
@@ -127,7 +136,11 @@ def desired_service(owner: Owner, layout: Layout) -> dict[str, Any] | None:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": {"batch.kubernetes.io/job-name": job_name(owner)},
-            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+            "ports": [
+                {"name": "ray", "port": RAY_PORT}
+                if layout.ray
+                else {"name": "rendezvous", "port": RENDEZVOUS_PORT}
+            ],
         },
     }
 
@@ -185,8 +198,38 @@ def _env(owner: Owner, spec: WorkloadSpec, layout: Layout) -> list[dict[str, Any
             {"name": "NNODES", "value": str(layout.workers)},
             {"name": "NPROC_PER_NODE", "value": str(max(layout.gpus_per_worker, 1))},
         ]
+    if layout.ray:
+        env += _ray_env(owner)
     env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
     return env
+
+
+def _ray_env(owner: Owner) -> list[dict[str, Any]]:
+    """Where pod 0's Ray head is, and the run's own token: Ray's token authentication
+    keeps other pods on the network from joining the cluster or submitting code."""
+    return [
+        {"name": "MODELSMITH_RAY_HEAD", "value": f"{job_name(owner)}-0.{service_name(owner)}"},
+        {"name": "MODELSMITH_RAY_PORT", "value": str(RAY_PORT)},
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {
+            "name": "RAY_AUTH_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": ray_token_name(owner), "key": RAY_TOKEN_KEY}},
+        },
+    ]
+
+
+def desired_ray_token(owner: Owner, layout: Layout, token: str) -> dict[str, Any] | None:
+    """The run's Ray token Secret; created once (never applied: a new random token on
+    each reconcile would lock out the pods already running)."""
+    if not layout.ray:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": owner.metadata(ray_token_name(owner), layout.component),
+        "stringData": {RAY_TOKEN_KEY: token},
+    }
 
 
 def _pod_metadata(owner: Owner, spec: WorkloadSpec, layout: Layout) -> dict[str, Any]:
@@ -224,7 +267,7 @@ def desired_job(
     mounts += [
         {"name": v["name"], "mountPath": STATUS_TOKEN_DIR, "readOnly": True} for v in status_volumes
     ]
-    container = {
+    container: dict[str, Any] = {
         "name": layout.component,
         "image": spec.image or settings.image(layout.component),
         "args": args,
@@ -243,6 +286,11 @@ def desired_job(
     }
     if layout.workers > 1:
         pod["subdomain"] = service_name(owner)
+    if layout.ray or layout.torchrun:
+        # Ray's object store and NCCL's intra-node transport live in /dev/shm, which a
+        # container gets 64 MiB of unless it mounts more (KubeRay does the same).
+        pod["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})  # noqa: S108
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
@@ -263,6 +311,8 @@ def desired_job(
         "suspend": spec.suspend,
         "template": {"metadata": _pod_metadata(owner, spec, layout), "spec": pod},
     }
+    if layout.ray and layout.workers > 1:
+        job_spec["successPolicy"] = {"rules": [{"succeededIndexes": "0", "succeededCount": 1}]}
     if spec.run_policy.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
     if spec.run_policy.ttl_seconds_after_finished is not None:

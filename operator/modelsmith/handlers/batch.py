@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn, cast
 
@@ -23,6 +25,7 @@ from modelsmith.builders.batch import (
     Owner,
     desired_configmap,
     desired_job,
+    desired_ray_token,
     desired_service,
     job_name,
     task_config,
@@ -63,9 +66,12 @@ Entries go when the owner's DELETED event arrives (as do _FINISHED_SEEN's and, o
 Job's, _JOB_SEEN's), so a long-lived operator does not grow with every run ever seen."""
 
 
-def _apply_children(owner: Owner, children: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _apply_children(
+    owner: Owner, children: list[dict[str, Any]], once: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any] | None:
     """Apply the children unless this process already applied exactly these and the Job
-    still exists; return the Job as the API server has it.
+    still exists; return the Job as the API server has it. `once` are created before
+    them if absent and never changed (generated secrets), outside the digest.
 
     A no-op server-side apply still costs a request per child: at 200 resources that
     was most of the operator's traffic. After a restart the memo is empty, so every
@@ -82,6 +88,9 @@ def _apply_children(owner: Owner, children: list[dict[str, Any]]) -> dict[str, A
     # spec change: the Job first, so that if the API server refuses it (a running Job's
     # pods are immutable) the ConfigMap does not change under pods still running, or
     # about to be retried, with the old spec.
+    if previous is None:
+        for obj in once:
+            k8s.create_if_absent(obj)
     job_manifest, others = children[-1], children[:-1]
     ordered = [*others, job_manifest] if previous is None else [job_manifest, *others]
     applied = {child["kind"]: k8s.apply(child) for child in ordered}
@@ -215,9 +224,12 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
             desired_service(owner, layout),
             desired_job(owner, spec, layout, settings),
         ]
+        token = desired_ray_token(owner, layout, secrets.token_urlsafe(32))
         rejected: str | None = None
         try:
-            job = _apply_children(owner, [c for c in children if c is not None])
+            job = _apply_children(
+                owner, [c for c in children if c is not None], [token] if token else []
+            )
         except k8s.ApiError as exc:
             if exc.status != 422:
                 raise
