@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelsmith.contract import TASK_CONFIG_PATH, TERMINATION_LOG, ErrorInfo, ExitCode, Result
-from modelsmith_runtime import launch
+from modelsmith_runtime import launch, raycluster
 from modelsmith_runtime.errors import BadInputError, TransientError
 
 log = logging.getLogger("modelsmith_runtime")
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=os.environ.get("MODELSMITH_LOG_LEVEL", "INFO"), handlers=[handler])
+    if raycluster.is_worker_pod(os.environ):
+        return raycluster.serve_worker(os.environ)
     if args.component in launch.DISTRIBUTED and launch.should_launch(dict(os.environ)):
         code, result = launch.launch(args.component, args.task_config)
         write_result(result)
