@@ -1,4 +1,5 @@
-"""`modelsmith-runtime finetune` as real processes: LoRA, merged LoRA on chat, full fine-tuning.
+"""`modelsmith-runtime finetune` as real processes: LoRA, merged LoRA on chat, full
+fine-tuning, and QLoRA (bitsandbytes NF4 on the CPU) merged into a plain model.
 
 A fine-tuning process spends most of its life importing torch, transformers and peft
 on one core, so the three runs start together, two at a time, once per module; the
@@ -39,6 +40,7 @@ class Runs:
     lora: Run
     chat: Run
     full: Run
+    qlora: Run
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
             method="full",
             precision="bf16",
             hyperparameters={**HYPER, "learningRate": 1e-3, "epochs": 1},
+        ),
+        "qlora": finetune_config(
+            base,
+            str(instructions),
+            str(root / "qlora"),
+            method="qlora",
+            lora=LORA,
+            mergeAdapter=True,
+            precision="fp32",
         ),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -147,3 +158,21 @@ def test_full_finetune_from_a_dataset_directory_in_bf16(runs: Runs) -> None:
     assert (out / "model.safetensors").is_file()
     assert (out / "tokenizer.json").is_file()
     assert not (out / "adapter_config.json").exists()
+
+
+def test_qlora_trains_on_a_4bit_base_and_merges_into_full_precision(runs: Runs) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    metrics = _succeeded(runs.qlora)
+    assert metrics["eval_loss"] < 0.8 * metrics["eval_loss_before"], metrics
+    out = runs.root / "qlora"
+    marker = json.loads((out / COMPLETION_MARKER).read_text())
+    assert marker["method"] == "qlora" and marker["merged"] is True
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config, "merged into a 16/32-bit base, not NF4"
+    merged = AutoModelForCausalLM.from_pretrained(str(out))
+    base = AutoModelForCausalLM.from_pretrained(runs.base)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    assert not torch.allclose(merged(input_ids=ids).logits, base(input_ids=ids).logits)

@@ -44,15 +44,6 @@ def _fails(config: dict[str, Any], workdir: Path, code: ExitCode, reason: str) -
     return run.result.error.message
 
 
-def test_qlora_without_a_gpu_in_the_spec_is_bad_input(
-    base: str, dataset: str, tmp_path: Path
-) -> None:
-    config = finetune_config(base, dataset, str(tmp_path / "out"), method="qlora", lora=LORA)
-    message = _fails(config, tmp_path, ExitCode.BAD_INPUT, "Unsupported")
-    assert "CUDA GPU" in message and "resources.gpus: 0" in message
-    assert "method lora" in message  # what to do instead
-
-
 def test_qlora_on_a_node_without_the_gpu_it_asked_for_is_retried(
     base: str, dataset: str, tmp_path: Path
 ) -> None:

@@ -6,7 +6,8 @@
   CPU (CPU half-precision matmuls are slow and autocast covers the compute) and in the
   spec's precision on a GPU, where its memory is what LoRA exists to save.
 - qlora: the same adapters on a base loaded in 4-bit NF4 by bitsandbytes (the QLoRA
-  paper's recipe: NF4, double quantization, 16-bit compute). CUDA only.
+  paper's recipe: NF4, double quantization, 16-bit compute on a GPU; fp32 compute on
+  the CPU, where bitsandbytes' NF4 backend runs the tests).
 
 The output is either a plain Hugging Face model (full, or mergeAdapter) or the adapter
 in peft's layout (adapter_config.json, adapter_model.safetensors) whose
@@ -43,8 +44,8 @@ BASE_POINTER = "modelsmith_base.json"
 
 
 def require_qlora_runtime(plan: Plan, device: torch.device) -> None:
-    """See `plan`: a GPU was asked for (else the plan refused), so its absence is the node's."""
-    if device.type != "cuda":
+    """See `plan`: a GPU that was asked for and is missing is the node's fault."""
+    if plan.spec.resources.gpus and device.type != "cuda":
         raise TransientError(
             "GPUUnavailable",
             f"method qlora needs a CUDA GPU; this FineTune asks for resources.gpus: "
@@ -69,12 +70,12 @@ def _quantization(plan: Plan) -> Any:
         return None
     from transformers import BitsAndBytesConfig
 
-    compute = DTYPES[plan.spec.precision]
+    compute = DTYPES[plan.spec.precision] if torch.cuda.is_available() else torch.float32
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32 if compute == torch.float32 else compute,
+        bnb_4bit_compute_dtype=compute,
     )
 
 

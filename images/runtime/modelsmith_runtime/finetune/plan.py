@@ -4,11 +4,10 @@ Everything here is cheap: the spec (CEL rules again, since a task config can com
 outside the API server), the base model artifact, and every line of the dataset. Bad
 input therefore fails with exit code 2 in about a second, not after loading a model.
 
-QLoRA without a GPU is sorted by who is at fault. A spec that asks for no GPU
-(``resources.gpus: 0``) cannot ever run QLoRA, whatever node the pod lands on: bad
-input, exit 2, no retry. A spec that asks for one but whose pod finds no usable CUDA
-device met a broken node (driver, device plugin): a retry on another node may pass,
-so that is a TransientError, raised by `model.require_qlora_runtime` once torch is in.
+QLoRA runs wherever bitsandbytes does: on CUDA, and since bitsandbytes 0.46 on the CPU
+too (slowly; that is how the tests run it). A spec that asks for a GPU whose pod finds
+no usable CUDA device met a broken node (driver, device plugin): a retry on another
+node may pass, so that is a TransientError, raised by `model.require_qlora_runtime`.
 """
 
 from __future__ import annotations
@@ -56,14 +55,6 @@ def check_spec(spec: FineTuneSpec) -> None:
     if h.batch_size % h.micro_batch_size:
         raise BadInputError(
             "InvalidSpec", "hyperparameters.batchSize must be a multiple of microBatchSize"
-        )
-    if spec.method == Method.QLORA and spec.resources.gpus == 0:
-        raise BadInputError(
-            "Unsupported",
-            "method qlora needs a CUDA GPU: it loads the base model in 4 bits with "
-            "bitsandbytes, whose 4-bit kernels run on CUDA only, and this FineTune asks "
-            "for none (resources.gpus: 0). Set resources.gpus, or use method lora "
-            "(same adapter, base kept in 16/32 bits), which also runs on CPU",
         )
 
 
