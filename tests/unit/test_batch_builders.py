@@ -243,6 +243,6 @@ def test_distributed_pods_get_a_memory_backed_dev_shm() -> None:
     job = desired_job(OWNER, spec, KIND["PretrainJob"].layout(spec), SETTINGS)
     pod = job["spec"]["template"]["spec"]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
-    assert {"name": "dshm", "mountPath": "/dev/shm"} in _container(job)["volumeMounts"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in _container(job)["volumeMounts"]  # noqa: S108
     single = desired_job(OWNER, _data(), KIND["DataPipeline"].layout(_data()), SETTINGS)
     assert all(v["name"] != "dshm" for v in single["spec"]["template"]["spec"]["volumes"])

@@ -90,7 +90,8 @@ def not_a_task_config(workdir: Path, output: Path) -> str:
     return json.dumps({"kind": "DataPipeline", "output": str(output)})
 
 
-def simhash(workdir: Path, output: Path) -> dict[str, Any]:
+def method_not_in_the_schema(workdir: Path, output: Path) -> dict[str, Any]:
+    """simhash was once in the enum and only ever failed; the schema now rejects it."""
     spec = _spec(output, _good_source(workdir), dedup={"near": "simhash"})
     return task_config("DataPipeline", spec, str(output))
 
@@ -105,7 +106,7 @@ CASES: list[tuple[Setup, str, str]] = [
     (tokenizer_without_tokenizer_json, "InvalidTokenizer", "no tokenizer.json"),
     (invalid_spec, "InvalidSpec", "threshold"),
     (not_a_task_config, "InvalidTaskConfig", "spec"),
-    (simhash, "Unsupported", "simhash"),
+    (method_not_in_the_schema, "InvalidSpec", "dedup.near\n  Input should be 'minhash' or 'none'"),
 ]
 
 

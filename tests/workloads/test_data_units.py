@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from modelsmith_runtime.data.pipeline import Reduced, mixture
 from modelsmith_runtime.data.stats import Reason, Stats
 from modelsmith_runtime.errors import BadInputError
 
-from .corpus import BLOCKLIST, MAX_CHARS, REASONS, generate
+from .corpus import BLOCKLIST, MAX_CHARS, REASONS, generate, write_jsonl
 
 
 def test_duplicate_line_fraction_counts_repeats_of_earlier_lines() -> None:
@@ -189,3 +191,28 @@ def test_object_storage_sources_and_parts_go_through_fsspec() -> None:
     assert loaded.signatures is not None and part.signatures is not None
     assert np.array_equal(loaded.signatures, part.signatures)
     assert loaded.stats.to_json() == stats.to_json()
+
+
+def test_shares_cover_every_record_once_whatever_the_file_layout(tmp_path: Path) -> None:
+    """The Ray engine's shares: slices of few files, runs of many; the same records."""
+    from modelsmith.api.datapipeline import DataSource
+    from modelsmith_runtime.data.readers import (
+        list_source,
+        plan_shares,
+        read_documents,
+        read_records,
+    )
+
+    texts = [f"document number {i}" for i in range(23)]
+    for name, chunks in (("one", [texts]), ("many", [texts[i : i + 2] for i in range(0, 23, 2)])):
+        for n, chunk in enumerate(chunks):
+            write_jsonl(chunk, tmp_path / name / f"{n:03d}.jsonl")
+        source = DataSource.model_validate({"uri": str(tmp_path / name), "format": "jsonl"})
+        files = [list_source(0, source)]
+        expected = [(d.source, d.file, d.position) for d in read_documents(files, 0, 1, Stats())]
+        for target in (1, 3, 8, 40):
+            shares = plan_shares(files, target)
+            keys = [r.key for share in shares for r in read_records(files, share)]
+            assert sorted(keys) == expected, (name, target)
+            assert sum(s.input_bytes for s in shares) == sum(files[0].sizes)
+            assert len(shares) >= min(target, 8), "enough shares to spread over the CPUs"

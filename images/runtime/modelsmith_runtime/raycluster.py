@@ -168,7 +168,8 @@ def connect(env: Mapping[str, str] | None = None) -> Iterator[Any]:
     if env.get("RAY_ADDRESS"):
         ray.init(address=env["RAY_ADDRESS"])
     else:
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True)
+        # "local": never join a cluster someone else started on this machine.
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
     try:
         yield ray
     finally:

@@ -1,12 +1,14 @@
 """``modelsmith-runtime data``: run a DataPipeline task and publish the packed dataset.
 
-Inputs are checked before any document is read (unsupported options, missing or
-half-written tokenizer and reference model), so bad input fails in seconds. The
-artifact is built inside `storage.publish`, so any error, an empty corpus included,
-leaves nothing at the output URI.
+Inputs are checked before any document is read (missing or half-written tokenizer and
+reference model, missing sources), so bad input fails in seconds, before any Ray
+cluster is waited for. The artifact is built inside `storage.publish`, so any error,
+an empty corpus included, leaves nothing at the output URI.
 
-Not done here: Ray Data scale-out (one process per worker, the reduce on one
-process), simhash, and Prometheus metrics while running.
+Two engines share everything but the map half: ``indexed`` runs it in every worker
+pod over its slice (`parts` hands the slices to worker 0), ``ray`` runs it as a Ray
+Data job driven from pod 0 (`rayengine`). The reduce, tokenizer, packing and report
+below are the same code for both, so both publish the same dataset.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelsmith.api.datapipeline import DataPipelineSpec, NearDedupMethod
+from modelsmith.api.datapipeline import DataEngine, DataPipelineSpec
 from modelsmith.contract import Result
 from modelsmith_runtime.data.parts import (
     Part,
@@ -33,6 +35,7 @@ from modelsmith_runtime.data.parts import (
 )
 from modelsmith_runtime.data.pipeline import (
     Reduced,
+    drop_perplexity,
     duplicate_rate,
     mixture,
     process_slice,
@@ -40,6 +43,7 @@ from modelsmith_runtime.data.pipeline import (
 )
 from modelsmith_runtime.data.readers import SourceFiles, list_source
 from modelsmith_runtime.data.stats import Reason, Stats
+from modelsmith_runtime.data.telemetry import Telemetry
 from modelsmith_runtime.data.tokenize import (
     Packed,
     TokenizerInfo,
@@ -60,8 +64,6 @@ log = logging.getLogger(__name__)
 def run(task_config: Path) -> Result:
     task = load_task(task_config, DataPipelineSpec)
     spec = task.spec
-    if spec.dedup.near is NearDedupMethod.SIMHASH:
-        raise BadInputError("Unsupported", "dedup.near: simhash is not implemented; use minhash")
     if not 0 <= task.worker_index < task.workers:
         raise BadInputError(
             "InvalidEnvironment", f"worker index {task.worker_index} of {task.workers} workers"
@@ -74,22 +76,37 @@ def run(task_config: Path) -> Result:
     if spec.tokenizer.existing is not None and task.worker_index == 0:
         existing = load_existing(open_artifact(task.input("tokenizer"), "tokenizer.existing"))
 
-    if task.workers == 1:
-        return _reduce(task, [process_slice(spec, sources, 0, 1, reference)], existing)
-    parts = _map(task, sources, reference)
-    if isinstance(parts, Result):
-        return parts
-    try:
-        result = _reduce(task, parts, existing)
-    except BadInputError:
-        remove_parts(task.config.output)  # the run has failed for good: no retry needs them
-        raise
-    remove_parts(task.config.output)
-    return result
+    with Telemetry(reports_progress=task.worker_index == 0) as telemetry:
+        telemetry.begin(sum(sum(source.sizes) for source in sources))
+        if spec.engine is DataEngine.RAY:
+            from modelsmith_runtime.data.rayengine import map_on_ray
+
+            part = drop_perplexity(map_on_ray(spec, sources, telemetry), spec, reference)
+            return _reduce(task, [part], existing, telemetry)
+        if task.workers == 1:
+            ledger = Stats()
+            telemetry.watch(ledger)
+            part = process_slice(
+                spec, sources, 0, 1, reference, stats=ledger, scanned=telemetry.scanned
+            )
+            return _reduce(task, [part], existing, telemetry)
+        parts = _map(task, sources, reference, telemetry)
+        if isinstance(parts, Result):
+            return parts
+        try:
+            result = _reduce(task, parts, existing, telemetry)
+        except BadInputError:
+            remove_parts(task.config.output)  # the run has failed for good: no retry needs them
+            raise
+        remove_parts(task.config.output)
+        return result
 
 
 def _map(
-    task: Task[DataPipelineSpec], sources: list[SourceFiles], reference: Path | None
+    task: Task[DataPipelineSpec],
+    sources: list[SourceFiles],
+    reference: Path | None,
+    telemetry: Telemetry,
 ) -> list[Part] | Result:
     """This worker's part, published for worker 0; for worker 0, every worker's part.
 
@@ -101,7 +118,17 @@ def _map(
     if is_complete(uri, run_id):
         log.info("worker %d: part %s already complete, reusing it", task.worker_index, uri)
     else:
-        mine = process_slice(task.spec, sources, task.worker_index, task.workers, reference)
+        ledger = Stats()
+        telemetry.watch(ledger)
+        mine = process_slice(
+            task.spec,
+            sources,
+            task.worker_index,
+            task.workers,
+            reference,
+            stats=ledger,
+            scanned=telemetry.scanned,
+        )
         save_part(mine, uri, run_id, task.worker_index)
     if task.worker_index != 0:
         stats = mine.stats if mine is not None else load_stats(uri)
@@ -111,12 +138,18 @@ def _map(
 
 
 def _reduce(
-    task: Task[DataPipelineSpec], parts: list[Part], existing: TokenizerInfo | None
+    task: Task[DataPipelineSpec],
+    parts: list[Part],
+    existing: TokenizerInfo | None,
+    telemetry: Telemetry,
 ) -> Result:
+    """Part 0 is this process's own map work (worker 0's slice, or the Ray job's all)."""
     reduced = reduce_parts(parts, task.spec)
+    telemetry.watch(parts[0].stats, reduced.dedup)
+    telemetry.kept(reduced.documents)
     if reduced.documents == 0:
         raise BadInputError("EmptyCorpus", _empty_message(reduced.stats))
-    return _build(task, reduced, existing)
+    return _build(task, reduced, existing, telemetry)
 
 
 def _empty_message(stats: Stats) -> str:
@@ -126,7 +159,10 @@ def _empty_message(stats: Stats) -> str:
 
 
 def _build(
-    task: Task[DataPipelineSpec], reduced: Reduced, existing: TokenizerInfo | None
+    task: Task[DataPipelineSpec],
+    reduced: Reduced,
+    existing: TokenizerInfo | None,
+    telemetry: Telemetry,
 ) -> Result:
     spec = task.spec
     texts = reduced.part.texts
@@ -147,7 +183,7 @@ def _build(
             info = save_trained(trained, staging / TOKENIZER, length)
         order = mixture(reduced, spec)
         writer = ShardWriter(staging, length, info.vocab_size, spec.packing.shard_size_mb << 20)
-        packed = pack(info, (texts[i] for i in order), writer)
+        packed = pack(info, (texts[i] for i in order), writer, telemetry.tokenized)
         if packed.tokens - packed.dropped == 0:
             raise BadInputError(
                 "EmptyCorpus",
@@ -246,4 +282,5 @@ def _report(
         "sequenceLength": spec.packing.sequence_length,
         "shards": len(index["shards"]),
         "workers": task.workers,
+        "engine": spec.engine.value,
     }

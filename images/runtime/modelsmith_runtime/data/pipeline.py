@@ -5,14 +5,16 @@ spreading: normalize, filter, perplexity, exact hash, MinHash signature. The red
 half does what needs every document at once: exact and near dedup across all the
 workers' slices, and the mixture. Everything the reduce decides depends on corpus
 order only, never on which worker saw a document, so 1 worker and N workers keep the
-same documents and write the same shards.
+same documents and write the same shards. The Ray engine reuses the pieces (`Cleaner`,
+`drop_perplexity`, `reduce_parts`) rather than `process_slice` itself, and for the
+same reason keeps the same documents too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from modelsmith_runtime.data.dedup import exact_duplicates, exact_key, near_dupl
 from modelsmith_runtime.data.filters import QualityFilters
 from modelsmith_runtime.data.normalize import normalize
 from modelsmith_runtime.data.parts import Part, concat
-from modelsmith_runtime.data.readers import SourceFiles, read_documents
+from modelsmith_runtime.data.readers import Scanned, SourceFiles, read_documents
 from modelsmith_runtime.data.stats import Reason, Stats
 
 log = logging.getLogger(__name__)
@@ -44,27 +46,58 @@ def _drop(part: Part, keep: np.ndarray[Any, Any]) -> Part:
     )
 
 
+class Cleaner:
+    """Normalize, then the cheap filters: what every document goes through, in both engines."""
+
+    def __init__(self, spec: DataPipelineSpec) -> None:
+        self.normalize_spec = spec.normalize
+        self.filters = QualityFilters(spec.filters)
+
+    def clean(self, text: str) -> tuple[str, Reason | None]:
+        """The normalized text, and the first filter reason to drop it (None: keep)."""
+        text = normalize(text, self.normalize_spec)
+        return text, self.filters.check(text)
+
+
+def drop_perplexity(part: Part, spec: DataPipelineSpec, reference_model: Path | None) -> Part:
+    """The part without the documents the reference model finds too implausible."""
+    perplexity = spec.filters.perplexity
+    if perplexity is None or reference_model is None or not part.texts:
+        return part
+    from modelsmith_runtime.data.perplexity import PerplexityScorer
+
+    scores = np.asarray(PerplexityScorer(reference_model).score(part.texts))
+    high = scores > perplexity.max_perplexity
+    part.stats.remove(Reason.PERPLEXITY, int(part.sizes[high].sum()), int(high.sum()))
+    return _drop(part, ~high)
+
+
 def process_slice(
     spec: DataPipelineSpec,
     sources: list[SourceFiles],
     worker: int,
     workers: int,
     reference_model: Path | None = None,
+    *,
+    stats: Stats | None = None,
+    scanned: Scanned | None = None,
 ) -> Part:
     """Read, normalize, filter and sign this worker's share of the corpus.
+
+    ``stats`` is filled as documents go by, so metrics can watch it; ``scanned`` hears
+    how many input bytes the reader got through.
 
     Later copies of a text this worker has already seen are dropped here as exact
     duplicates: the reduce would drop them anyway (it keeps the first copy in corpus
     order, and this worker reads in corpus order), and they need no signature.
     """
-    stats = Stats()
-    filters = QualityFilters(spec.filters)
+    stats = Stats() if stats is None else stats
+    cleaner = Cleaner(spec)
     keys: list[tuple[int, int, int]] = []
     texts: list[str] = []
     sizes: list[int] = []
-    for doc in read_documents(sources, worker, workers, stats):
-        text = normalize(doc.text, spec.normalize)
-        reason = filters.check(text)
+    for doc in read_documents(sources, worker, workers, stats, scanned):
+        text, reason = cleaner.clean(doc.text)
         if reason is not None:
             stats.remove(reason, doc.size)
             continue
@@ -80,14 +113,7 @@ def process_slice(
         stats=stats,
     )
     log.info("worker %d: %d documents read, %d pass", worker, stats.read.documents, len(texts))
-    perplexity = spec.filters.perplexity
-    if perplexity is not None and reference_model is not None and part.texts:
-        from modelsmith_runtime.data.perplexity import PerplexityScorer
-
-        scores = np.asarray(PerplexityScorer(reference_model).score(part.texts))
-        high = scores > perplexity.max_perplexity
-        stats.remove(Reason.PERPLEXITY, int(part.sizes[high].sum()), int(high.sum()))
-        part = _drop(part, ~high)
+    part = drop_perplexity(part, spec, reference_model)
     if spec.dedup.exact:
         repeated = exact_duplicates(part.hashes)
         stats.remove(Reason.EXACT_DUPLICATE, int(part.sizes[repeated].sum()), int(repeated.sum()))
@@ -105,6 +131,8 @@ class Reduced:
 
     part: Part
     stats: Stats
+    dedup: Stats = field(default_factory=Stats)
+    """The removals the reduce itself made: with the map's ledger, what this process did."""
 
     @property
     def documents(self) -> int:
@@ -113,17 +141,18 @@ class Reduced:
 
 def reduce_parts(parts: list[Part], spec: DataPipelineSpec) -> Reduced:
     merged = concat(parts)
-    stats = merged.stats
+    dedup = Stats()
     keep = np.ones(len(merged.texts), dtype=bool)
     if spec.dedup.exact:
         exact = exact_duplicates(merged.hashes)
-        stats.remove(Reason.EXACT_DUPLICATE, int(merged.sizes[exact].sum()), int(exact.sum()))
+        dedup.remove(Reason.EXACT_DUPLICATE, int(merged.sizes[exact].sum()), int(exact.sum()))
         keep &= ~exact
     if spec.dedup.near is NearDedupMethod.MINHASH and merged.signatures is not None:
         near = near_duplicates(merged.signatures, spec.dedup.threshold, candidates=keep)
-        stats.remove(Reason.NEAR_DUPLICATE, int(merged.sizes[near].sum()), int(near.sum()))
+        dedup.remove(Reason.NEAR_DUPLICATE, int(merged.sizes[near].sum()), int(near.sum()))
         keep &= ~near
-    return Reduced(_drop(merged, keep), stats)
+    merged.stats.merge(dedup)
+    return Reduced(_drop(merged, keep), merged.stats, dedup)
 
 
 def duplicate_rate(stats: Stats, kept: int) -> float:

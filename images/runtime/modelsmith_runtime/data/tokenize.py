@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,13 @@ def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def pack(info: TokenizerInfo, texts: Iterable[str], writer: ShardWriter) -> Packed:
+def pack(
+    info: TokenizerInfo,
+    texts: Iterable[str],
+    writer: ShardWriter,
+    tokenized: Callable[[int], None] | None = None,
+) -> Packed:
+    """Tokenize and pack ``texts``; ``tokenized`` hears each batch's token count."""
     length = writer.sequence_length
     carry: list[int] = []
     documents = tokens = 0
@@ -174,6 +180,8 @@ def pack(info: TokenizerInfo, texts: Iterable[str], writer: ShardWriter) -> Pack
         documents += len(batch)
         rows = len(stream) // length
         tokens += len(stream) - before
+        if tokenized is not None:
+            tokenized(len(stream) - before)
         array: np.ndarray[Any, Any] = np.asarray(stream[: rows * length], dtype=np.int64)
         for row in array.reshape(rows, length):
             writer.add(row)
