@@ -7,6 +7,8 @@ else exits 1 and is retried from the latest checkpoint.
 
 from __future__ import annotations
 
+from typing import Any
+
 from modelsmith.contract import Result
 
 
@@ -18,6 +20,11 @@ class BadInputError(Exception):
         self.reason = reason
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from our fields, not from args: Ray pickles a worker's exception to
+        # the driver, and the default (the args alone) cannot call this __init__.
+        return type(self), (self.reason, self.message)
+
 
 class TransientError(Exception):
     """A failure a retry may get past; carries what the run achieved so far (checkpoint,
@@ -28,3 +35,6 @@ class TransientError(Exception):
         self.reason = reason
         self.message = message
         self.partial = partial
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.reason, self.message, self.partial)
