@@ -10,30 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from modelsmith.contract import COMPLETION_MARKER, ExitCode
 
-from .conftest import Run, run_component, task_config
+from .conftest import run_component, task_config
 from .corpus import JUNK, REASONS, Corpus, generate, kept_texts, write_jsonl
+from .observe import Observed, run_observed
 from .test_data_bad_input import corrupt_jsonl, unreadable_parquet
 from .test_data_pipeline import spec_for
 
 CORRUPT_LINES = 2
-LINGER_S = 2.0
-"""How long a run keeps its metrics endpoint up at the end, so the last scrape sees
-the final counts (MODELSMITH_METRICS_LINGER_S)."""
 
 
 @pytest.fixture(scope="module")
@@ -51,85 +43,6 @@ def ray_address() -> Iterator[str]:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Observed:
-    """A run, with what its metrics endpoint served and what it reported as progress."""
-
-    run: Run
-    scrapes: list[str] = field(default_factory=list)
-    reports: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def metrics(self, scrape: int = -1) -> dict[str, float]:
-        """One scrape (the last by default), as {name or name{label=value}: value}."""
-        assert self.scrapes, f"the metrics endpoint never answered\n{self.run.output[-3000:]}"
-        values: dict[str, float] = {}
-        for family in text_string_to_metric_families(self.scrapes[scrape]):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return values
-
-
-class _StatusEndpoint:
-    """The operator's /v1/progress, on loopback: records what it is sent."""
-
-    def __init__(self) -> None:
-        received: list[tuple[str, dict[str, Any]]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                received.append((self.headers.get("Authorization", ""), body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.received = received
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
-def run_observed(config: dict[str, Any], workdir: Path, env: dict[str, str]) -> Observed:
-    """run_component, scraping /metrics every 0.2 s and receiving progress meanwhile."""
-    port = _free_port()
-    status = _StatusEndpoint()
-    token = workdir / "token"
-    workdir.mkdir(parents=True, exist_ok=True)
-    token.write_text("data-pod-token\n")
-    env = {
-        **env,
-        "MODELSMITH_METRICS_PORT": str(port),
-        "MODELSMITH_METRICS_LINGER_S": str(LINGER_S),
-        "MODELSMITH_STATUS_URL": status.url,
-        "MODELSMITH_STATUS_TOKEN_FILE": str(token),
-    }
-    finished: list[Run] = []
-    runner = threading.Thread(
-        target=lambda: finished.append(run_component("data", config, workdir / "run", env=env))
-    )
-    runner.start()
-    scrapes: list[str] = []
-    while runner.is_alive():
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
-                scrapes.append(answer.read().decode())
-        except OSError:
-            pass
-        time.sleep(0.2)
-    runner.join()
-    status.server.shutdown()
-    return Observed(finished[0], scrapes, status.received)
 
 
 @dataclass(frozen=True)
@@ -156,7 +69,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> Engin
         out = root / "out" / engine
         spec = spec_for(out, [{"uri": str(source.parent), "format": "jsonl"}], engine=engine)
         config = task_config("DataPipeline", spec, str(out))
-        observed[engine] = run_observed(config, root / engine, {"RAY_ADDRESS": ray_address})
+        observed[engine] = run_observed("data", config, root / engine, {"RAY_ADDRESS": ray_address})
         outputs[engine] = out
         assert observed[engine].run.returncode == 0, observed[engine].run.output[-5000:]
     return Engines(corpus, source, observed["indexed"], observed["ray"], outputs)

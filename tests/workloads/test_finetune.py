@@ -20,6 +20,7 @@ from modelsmith.contract import COMPLETION_MARKER
 from modelsmith_runtime import storage
 from modelsmith_runtime.storage import artifact_digest
 from tests.workloads.conftest import Run, run_component
+from tests.workloads.observe import Observed, run_observed
 from tests.workloads.tiny_dataset import VERBS
 from tests.workloads.tiny_model import (
     HYPER,
@@ -41,6 +42,8 @@ class Runs:
     chat: Run
     full: Run
     qlora: Run
+    observed: Observed
+    """The lora run, scraped and reporting progress while it ran."""
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +80,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         ),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
+        observing = pool.submit(run_observed, "finetune", configs.pop("lora"), root / "work-lora")
         futures = {
             name: pool.submit(run_component, "finetune", config, root / f"work-{name}")
             for name, config in configs.items()
         }
         done = {name: future.result() for name, future in futures.items()}
-    return Runs(base=base, root=root, **done)
+        observed = observing.result()
+    return Runs(base=base, root=root, lora=observed.run, observed=observed, **done)
 
 
 def _succeeded(run: Run) -> dict[str, float]:
@@ -176,3 +181,16 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_full_precision(runs: Runs) 
     ids = torch.tensor([[5, 6, 7, 8]])
     assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
     assert not torch.allclose(merged(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+def test_a_running_finetune_serves_its_gauges_and_reports_progress(runs: Runs) -> None:
+    metrics = _succeeded(runs.lora)
+    final = runs.observed.metrics()
+    assert final["modelsmith_finetune_step"] == final["modelsmith_finetune_total_steps"]
+    assert final["modelsmith_finetune_step"] == metrics["steps"]
+    assert final["modelsmith_finetune_eval_loss"] == pytest.approx(metrics["eval_loss"])
+    before = final["modelsmith_finetune_eval_loss_before"]
+    assert before == pytest.approx(metrics["eval_loss_before"])
+    assert final["modelsmith_finetune_learning_rate"] >= 0
+    reports = [body for _auth, body in runs.observed.reports]
+    assert reports and reports[-1] == {"step": metrics["steps"], "total": metrics["steps"]}

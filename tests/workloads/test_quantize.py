@@ -20,6 +20,7 @@ import pytest
 from modelsmith.contract import COMPLETION_MARKER, ExitCode
 from modelsmith_runtime.storage import artifact_digest
 from tests.workloads.conftest import Run, run_component
+from tests.workloads.observe import Observed, run_observed
 from tests.workloads.tiny_dataset import documents
 from tests.workloads.tiny_model import quantize_config, tiny_model, write_jsonl
 
@@ -39,6 +40,8 @@ class Runs:
     eval_texts: list[str]
     methods: dict[str, Run]
     gate: Run
+    observed: Observed
+    """The int8-weight-only run, scraped and reporting progress while it ran."""
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +69,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         qualityGate={**gate, "maxPerplexityIncreasePercent": 0.0001},
     )
     with ThreadPoolExecutor(max_workers=2) as pool:
+        observing = pool.submit(
+            run_observed, "quantize", configs.pop("int8-weight-only"), root / "work-observed"
+        )
         futures = {
             name: pool.submit(run_component, "quantize", config, root / f"work-{name}")
             for name, config in configs.items()
         }
         done = {name: future.result() for name, future in futures.items()}
+        observed = observing.result()
     gate_run = done.pop("gate")
-    return Runs(base, root, texts, done, gate_run)
+    done["int8-weight-only"] = observed.run
+    return Runs(base, root, texts, done, gate_run, observed)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -145,3 +153,17 @@ def test_the_gate_fails_the_run_and_publishes_nothing(runs: Runs) -> None:
     assert run.result.uri is None
     assert not (runs.root / "gated" / "model").exists()
     assert not list(runs.root.rglob(".staging-*"))  # nor anything half-written
+
+
+def test_a_running_quantization_serves_its_gauges_and_reports_each_phase(runs: Runs) -> None:
+    result = runs.observed.run.result
+    assert result is not None and result.error is None, runs.observed.run.output
+    final = runs.observed.metrics()
+    assert final["modelsmith_quantize_step"] == final["modelsmith_quantize_total_steps"] == 4
+    for name in ("perplexity_before", "perplexity_after", "perplexity_increase_percent"):
+        assert final[f"modelsmith_quantize_{name}"] == pytest.approx(result.metrics[name])
+    assert final["modelsmith_quantize_quantized_modules"] == LINEARS
+    steps = [body["step"] for _auth, body in runs.observed.reports]
+    assert steps == [1, 2, 3, 4], runs.observed.reports
+    assert {body["total"] for _auth, body in runs.observed.reports} == {4}
+    assert {auth for auth, _ in runs.observed.reports} == {"Bearer quantize-pod-token"}

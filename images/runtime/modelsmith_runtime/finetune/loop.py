@@ -26,6 +26,7 @@ import torch
 from modelsmith.api.finetune import Hyperparameters
 from modelsmith_runtime.errors import BadInputError
 from modelsmith_runtime.finetune.tokens import IGNORE, Tokenized
+from modelsmith_runtime.gauges import Gauges
 from modelsmith_runtime.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,16 @@ def _loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
+PROMETHEUS_HELP = {
+    "loss": "Training loss of the last optimizer step.",
+    "learning_rate": "Learning rate.",
+    "step": "Optimizer steps done.",
+    "total_steps": "Optimizer steps in the whole run.",
+    "eval_loss_before": "Held-out loss of the base model, before training.",
+    "eval_loss": "Held-out loss after training.",
+}
+
+
 class Loop:
     def __init__(
         self,
@@ -103,6 +114,7 @@ class Loop:
         self.device = device
         self.autocast = autocast
         self.reporter = ProgressReporter()
+        self.gauges = Gauges("modelsmith_finetune_", PROMETHEUS_HELP)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast is None:
@@ -145,6 +157,9 @@ class Loop:
         hp = self.hp
         total = self.total_steps(train)
         before = self.evaluate(held_out) if held_out else None
+        self.gauges.set({"total_steps": float(total)})
+        if before is not None:
+            self.gauges.set({"eval_loss_before": before})
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
         from transformers import get_linear_schedule_with_warmup
@@ -180,13 +195,17 @@ class Loop:
             scheduler.step()
             recent = [*recent[-(RECENT - 1) :], step_loss]
             self.reporter.report(step, total, force=step == total)
+            lr = scheduler.get_last_lr()[0]
+            self.gauges.set({"step": float(step), "loss": step_loss, "learning_rate": lr})
             if step % log_every == 0 or step == total:
                 log.info(
                     "step %d/%d loss %.4f lr %.2e",
                     step,
                     total,
                     step_loss,
-                    scheduler.get_last_lr()[0],
+                    lr,
                 )
         after = self.evaluate(held_out) if held_out else None
+        if after is not None:
+            self.gauges.set({"eval_loss": after})
         return Outcome(total, sum(recent) / len(recent), before, after)

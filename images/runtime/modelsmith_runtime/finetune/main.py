@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelsmith.api.finetune import DatasetFormat, FineTuneSpec
 from modelsmith.api.pretrain import Precision
@@ -18,6 +19,10 @@ from modelsmith.contract import ProgressInfo, Result
 from modelsmith_runtime.errors import BadInputError, TransientError
 from modelsmith_runtime.finetune.plan import Plan, make_plan
 from modelsmith_runtime.task import load_task
+
+if TYPE_CHECKING:  # torch-heavy modules, imported only once the cheap checks passed
+    from modelsmith_runtime.finetune.loop import Loop, Outcome
+    from modelsmith_runtime.finetune.tokens import Tokenized
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,22 @@ def _max_positions(plan: Plan) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def finetune(plan: Plan) -> Result:
+def _train(loop: Loop, train: list[Tokenized], held_out: list[Tokenized]) -> Outcome:
+    """The loop, with its failures sorted: out of memory and the unexpected may pass on
+    a retry, bad input (a NaN loss) will not."""
     import torch
+
+    try:
+        return loop.run(train, held_out)
+    except BadInputError:
+        raise
+    except torch.OutOfMemoryError as exc:
+        raise TransientError("OutOfMemory", str(exc)) from exc
+    except Exception as exc:
+        raise TransientError("TrainingFailed", f"{type(exc).__name__}: {exc}") from exc
+
+
+def finetune(plan: Plan) -> Result:
 
     from modelsmith_runtime import hfmodel, storage
     from modelsmith_runtime.finetune import model as ftmodel
@@ -72,21 +91,17 @@ def finetune(plan: Plan) -> Result:
     autocast = None if spec.precision == Precision.FP32 else ftmodel.DTYPES[spec.precision]
     loop = Loop(model, hp, pad_id=tokenizer.pad_token_id, device=device, autocast=autocast)
     try:
-        outcome = loop.run(train, held_out)
-    except BadInputError:
-        raise
-    except torch.OutOfMemoryError as exc:
-        raise TransientError("OutOfMemory", str(exc)) from exc
-    except Exception as exc:
-        raise TransientError("TrainingFailed", f"{type(exc).__name__}: {exc}") from exc
-    meta = {
-        "kind": "FineTune",
-        "method": spec.method.value,
-        "merged": plan.merged,
-        "baseModel": {"uri": plan.base_uri, "digest": plan.base_digest},
-    }
-    with storage.publish(plan.output, meta) as (staging, digest_out):
-        ftmodel.export(plan, model, tokenizer, staging, device)
+        outcome = _train(loop, train, held_out)
+        meta = {
+            "kind": "FineTune",
+            "method": spec.method.value,
+            "merged": plan.merged,
+            "baseModel": {"uri": plan.base_uri, "digest": plan.base_digest},
+        }
+        with storage.publish(plan.output, meta) as (staging, digest_out):
+            ftmodel.export(plan, model, tokenizer, staging, device)
+    finally:
+        loop.gauges.close()
     metrics = {
         "train_loss": outcome.train_loss,
         "steps": float(outcome.steps),

@@ -24,6 +24,8 @@ from modelsmith.api.quantize import QuantizeJobSpec, QuantMethod
 from modelsmith.contract import Result
 from modelsmith_runtime import hfmodel, storage
 from modelsmith_runtime.errors import BadInputError, TransientError
+from modelsmith_runtime.gauges import Gauges
+from modelsmith_runtime.progress import ProgressReporter
 from modelsmith_runtime.quantize import methods
 from modelsmith_runtime.quantize.texts import eval_texts, read_texts
 from modelsmith_runtime.task import load_task
@@ -124,7 +126,39 @@ def _gptq(plan: Plan, fp: Any, q: Any, tokenizer: Any, *, targets: list[str], si
     return len(windows)
 
 
+PROMETHEUS_HELP = {
+    "step": "Phases done: evaluate, quantize, evaluate again, publish.",
+    "total_steps": "Phases in the whole run.",
+    "perplexity_before": "Eval perplexity of the model before quantization.",
+    "perplexity_after": "Eval perplexity of the quantized model.",
+    "perplexity_increase_percent": "The increase the quality gate bounds.",
+    "quantized_modules": "Linear layers that were quantized.",
+}
+PHASES = 4
+
+
+class _Telemetry:
+    """Phases as progress steps: the operator's ETA and the gauges move per phase."""
+
+    def __init__(self) -> None:
+        self.gauges = Gauges("modelsmith_quantize_", PROMETHEUS_HELP)
+        self.reporter = ProgressReporter()
+        self.gauges.set({"total_steps": float(PHASES), "step": 0.0})
+
+    def phase_done(self, step: int, **values: float) -> None:
+        self.gauges.set({"step": float(step), **values})
+        self.reporter.report(step, PHASES, force=True)
+
+
 def quantize(plan: Plan) -> Result:
+    telemetry = _Telemetry()
+    try:
+        return _quantize(plan, telemetry)
+    finally:
+        telemetry.gauges.close()
+
+
+def _quantize(plan: Plan, telemetry: _Telemetry) -> Result:
     import torch
     from torchao.utils import TorchAOBaseTensor
     from transformers import TorchAoConfig
@@ -138,6 +172,7 @@ def quantize(plan: Plan) -> Result:
     limit = hfmodel.max_tokens(fp, EVAL_TOKENS)
     nll, tokens = hfmodel.mean_nll(fp, tokenizer, plan.eval_texts, limit)
     before = math.exp(nll)
+    telemetry.phase_done(1, perplexity_before=before)
     skip, targets = methods.skip_list(fp, spec, choice)
     quantization = TorchAoConfig(choice.config, modules_to_not_convert=skip)
     q = hfmodel.load_model(
@@ -152,8 +187,10 @@ def quantize(plan: Plan) -> Result:
         for name, m in q.named_modules()
         if isinstance(m, torch.nn.Linear) and isinstance(m.weight, TorchAOBaseTensor)
     ]
+    telemetry.phase_done(2, quantized_modules=float(len(quantized)))
     after = math.exp(hfmodel.mean_nll(q, tokenizer, plan.eval_texts, limit)[0])
     increase = (after - before) / before * 100
+    telemetry.phase_done(3, perplexity_after=after, perplexity_increase_percent=increase)
     bound = spec.quality_gate.max_perplexity_increase_percent
     log.info(
         "%s: %d linear layers quantized; perplexity %.4f -> %.4f (%+.4f%%, bound %s%%) on %d "
@@ -183,6 +220,7 @@ def quantize(plan: Plan) -> Result:
     with storage.publish(plan.output, meta) as (staging, digest_out):
         hfmodel.save(q, tokenizer, staging)
         size_after = hfmodel.weights_size(staging)
+    telemetry.phase_done(4)
     metrics = {
         "perplexity_before": before,
         "perplexity_after": after,

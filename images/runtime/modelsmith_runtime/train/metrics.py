@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from modelsmith_runtime.gauges import Gauges
 from modelsmith_runtime.progress import ProgressReporter
 
 log = logging.getLogger("modelsmith_runtime.train.metrics")
@@ -52,31 +53,14 @@ def peak_flops(device: torch.device, half_precision: bool) -> float | None:
     return None
 
 
-class _Prometheus:
-    def __init__(self, port: int) -> None:
-        from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
-        # A registry of its own: only these gauges, and no clash with a second sink
-        # in the same process.
-        self.registry = CollectorRegistry()
-        start_http_server(port, registry=self.registry)
-        self.gauges = {
-            name: Gauge(f"modelsmith_train_{name}", help_text, registry=self.registry)
-            for name, help_text in (
-                ("loss", "Language-model loss at the last log interval."),
-                ("learning_rate", "Learning rate."),
-                ("tokens_per_second", "Training throughput, all ranks."),
-                ("mfu", "Model FLOPs utilisation (0..1)."),
-                ("step", "Optimizer steps done."),
-                ("total_steps", "Optimizer steps in the whole run."),
-            )
-        }
-
-    def update(self, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            gauge = self.gauges.get(name)
-            if gauge is not None:
-                gauge.set(value)
+PROMETHEUS_HELP = {
+    "loss": "Language-model loss at the last log interval.",
+    "learning_rate": "Learning rate.",
+    "tokens_per_second": "Training throughput, all ranks.",
+    "mfu": "Model FLOPs utilisation (0..1).",
+    "step": "Optimizer steps done.",
+    "total_steps": "Optimizer steps in the whole run.",
+}
 
 
 class MetricsSink:
@@ -85,7 +69,7 @@ class MetricsSink:
     def __init__(self, enabled: bool, tensorboard_dir: Path | None) -> None:
         self.enabled = enabled
         self._tb: Any = None
-        self._prom: _Prometheus | None = None
+        self._prom: Gauges | None = None
         self._progress = ProgressReporter()
         if not enabled:
             return
@@ -96,12 +80,7 @@ class MetricsSink:
                 pass  # tensorboard is optional in the image
             else:
                 self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
-        port = int(os.environ.get("MODELSMITH_METRICS_PORT", "0") or 0)
-        if port:
-            try:
-                self._prom = _Prometheus(port)
-            except OSError as exc:
-                log.warning("metrics port %d unavailable: %s", port, exc)
+        self._prom = Gauges("modelsmith_train_", PROMETHEUS_HELP)
 
     def record(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -111,7 +90,7 @@ class MetricsSink:
             for name, value in values.items():
                 self._tb.add_scalar(f"train/{name}", value, step)
         if self._prom is not None:
-            self._prom.update({"step": float(step), **values})
+            self._prom.set({"step": float(step), **values})
         total = int(values.get("total_steps", 0)) or None
         self._progress.report(step, total, force=step == total)
 
