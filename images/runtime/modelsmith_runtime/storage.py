@@ -94,13 +94,21 @@ def _replace_dir(staging: Path, target: Path) -> None:
 
 def _upload(staging: Path, uri: str) -> None:
     import fsspec
+    from fsspec.implementations.local import LocalFileSystem
 
     fs, root = fsspec.core.url_to_fs(uri)
     marker = staging / COMPLETION_MARKER
     if fs.exists(f"{root}/{COMPLETION_MARKER}"):
         fs.rm(f"{root}/{COMPLETION_MARKER}")  # unpublish the old one before overwriting
+    # Object stores have no folders; a filesystem behind a URL (local://, a mount) does.
+    folders = isinstance(fs, LocalFileSystem)
     for path in sorted(p for p in staging.rglob("*") if p.is_file() and p != marker):
-        fs.put_file(str(path), f"{root}/{path.relative_to(staging).as_posix()}")
+        target = f"{root}/{path.relative_to(staging).as_posix()}"
+        if folders:
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(path), target)
+    if folders:
+        fs.makedirs(root, exist_ok=True)
     fs.put_file(str(marker), f"{root}/{COMPLETION_MARKER}")
 
 
