@@ -108,6 +108,24 @@ CASES: list[tuple[str, str, Any, str]] = [
         [{"name": "p99", "query": "up"}],
         "needs min, max or both",
     ),
+    (
+        "InferenceService",
+        "canary.metrics",
+        [{"name": "e", "query": "up", "builtin": "error-rate", "max": 1}],
+        "needs query or builtin, not both",
+    ),
+    (
+        "InferenceService",
+        "canary.metrics",
+        [{"name": "e", "max": 1}],
+        "needs query or builtin, not both",
+    ),
+    (
+        "InferenceService",
+        "canary.metrics",
+        [{"name": "e", "builtin": "p50", "max": 1}],
+        "spec.canary.metrics[0].builtin",
+    ),
     # dangling and malformed references
     (
         "PretrainJob",

@@ -96,19 +96,34 @@ class OnEmpty(StrEnum):
     SKIP = "skip"
 
 
+class BuiltinCheck(StrEnum):
+    ERROR_RATE = "error-rate"
+    LATENCY_P99 = "latency-p99"
+    TIME_TO_FIRST_TOKEN_P99 = "time-to-first-token-p99"
+
+
 class MetricCheck(CamelModel):
     """One PromQL query whose result must stay within bounds during analysis."""
 
     model_config = cel(
         ("has(self.min) || has(self.max)", "a metric check needs min, max or both"),
         ("!has(self.min) || !has(self.max) || self.min <= self.max", "metric min exceeds max"),
+        ("has(self.query) != has(self.builtin)", "a metric check needs query or builtin, not both"),
     )
 
     name: str = Field(min_length=1, max_length=63, description="Name shown in status.")
-    query: str = Field(
+    query: str | None = Field(
+        default=None,
         min_length=1,
         max_length=4096,
-        description="PromQL; ${revision} stands for the revision analysed.",
+        description=(
+            "PromQL; ${revision}, ${namespace}, ${service} and ${interval} stand for the "
+            "revision analysed, its namespace, the InferenceService and the interval."
+        ),
+    )
+    builtin: BuiltinCheck | None = Field(
+        default=None,
+        description="error-rate (0..1), latency-p99 or time-to-first-token-p99 (seconds).",
     )
     min: float | None = Field(default=None, description="Fail below this value.")
     max: float | None = Field(default=None, description="Fail above this value.")
@@ -148,6 +163,12 @@ class Canary(CamelModel):
     )
     failure_limit: int = Field(
         default=2, ge=0, le=100, description="Failed analyses tolerated before rollback."
+    )
+    inconclusive_limit: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Inconclusive analyses (onEmpty: skip) tolerated before the rollout pauses.",
     )
     progress_deadline_seconds: int = Field(
         default=600, ge=1, description="Roll back if a step makes no progress this long."
