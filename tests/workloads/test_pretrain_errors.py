@@ -79,8 +79,11 @@ def test_dataset_without_tokenizer(tmp_path: Path) -> None:
                        "steps": 5, "tokens": 100}}, "InvalidSpec", "exactly one of steps"),
         ({"training": {"globalBatchSize": 6, "microBatchSize": 4, "learningRate": 0.1,
                        "steps": 5}}, "InvalidSpec", "multiple of"),
-        ({"distribution": {"strategy": "deepspeed"}}, "Unsupported", "DeepSpeed"),
-        ({"distribution": {"launcher": "ray"}}, "Unsupported", "Ray"),
+        ({"distribution": {"strategy": "ddp", "offload": "cpu"}}, "InvalidSpec",
+         "fsdp or deepspeed"),
+        ({"distribution": {"strategy": "fsdp", "zeroStage": 2}}, "InvalidSpec", "zeroStage"),
+        ({"distribution": {"strategy": "ddp", "gpusPerNode": 3, "launcher": "ray"}},
+         "InvalidSpec", "x 3 ranks"),  # Ray's 3 workers, checked before Ray starts
         ({"architecture": {"type": "moe", "layers": 2, "hiddenSize": 64, "heads": 4,
                            "experts": 4, "capacityFactor": 1.25}}, "Unsupported", "dropless"),
         ({"architecture": {"layers": 2, "hiddenSize": 64, "heads": 4, "vocabSize": 256}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,79 @@ def test_prometheus_gauges_on_the_metrics_port(monkeypatch: pytest.MonkeyPatch) 
     assert "modelsmith_train_loss 2.5" in text
     assert "modelsmith_train_step 7.0" in text
     assert "modelsmith_train_tokens_per_second 1000.0" in text
+
+
+def _deepspeed_plan(tmp_path: Path, precision: str, **distribution: Any) -> Any:
+    training = {"globalBatchSize": 8, "microBatchSize": 4, "gradClip": 0.5}
+    return _plan_for(
+        tmp_path,
+        training=training,
+        precision=precision,
+        distribution={"strategy": "deepspeed", **distribution},
+    )
+
+
+@pytest.mark.usefixtures("dataset_dir")
+def test_deepspeed_config_follows_the_spec_and_deepspeed_accepts_it(tmp_path: Path) -> None:
+    """DeepSpeed's own parser reads the config back (it rejects unknown keys), so a
+    misspelt section fails here rather than in a pod."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from modelsmith_runtime.train.deepspeed_config import DEFAULT_ZERO_STAGE, deepspeed_config
+
+    default = deepspeed_config(_deepspeed_plan(tmp_path, "bf16", offload="cpu"), "cpu")
+    parsed = DeepSpeedConfig(default)
+    assert parsed.zero_config.stage == DEFAULT_ZERO_STAGE == 2
+    assert parsed.zero_config.offload_optimizer.device == "cpu"
+    assert parsed.zero_config.offload_param is None  # weights are partitioned at stage 3 only
+    assert parsed.bfloat16_config.enabled and not parsed.float16_config.enabled
+    assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (4, 2)
+    assert parsed.gradient_clipping == 0.5
+    assert parsed.zero_force_ds_cpu_optimizer is False  # torch's AdamW is allowed to offload
+    assert str(parsed.communication_data_type) == "torch.float32"
+
+    zero3 = deepspeed_config(_deepspeed_plan(tmp_path, "fp16", zeroStage=3, offload="cpu"), "cuda")
+    parsed = DeepSpeedConfig(zero3)
+    assert parsed.zero_config.stage == 3
+    assert parsed.zero_config.offload_param.device == "cpu"
+    assert parsed.zero_config.offload_param.pin_memory  # pinned host memory on GPUs
+    fp16 = parsed.float16_config
+    assert fp16.enabled and fp16.loss_scale == 0  # 0: dynamic loss scaling
+    assert (fp16.initial_scale_power, fp16.loss_scale_window, fp16.hysteresis) == (16, 2000, 1)
+
+    plain = deepspeed_config(_deepspeed_plan(tmp_path, "fp32", zeroStage=1), "cpu")
+    assert plain["zero_optimization"] == {"stage": 1}
+    assert "bf16" not in plain and "fp16" not in plain
+    assert DeepSpeedConfig(plain).zero_config.stage == 1
+
+
+@pytest.mark.usefixtures("dataset_dir")
+def test_deepspeed_is_a_strategy_unless_the_image_lacks_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelsmith_runtime.errors import BadInputError
+
+    plan = _deepspeed_plan(tmp_path, "bf16", zeroStage=3, offload="cpu")
+    assert plan.spec.distribution.zero_stage == 3
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # what an image without it imports
+    with pytest.raises(BadInputError) as error:
+        _deepspeed_plan(tmp_path, "bf16")
+    assert error.value.reason == "Unsupported"
+    assert "modelsmith-runtime[deepspeed]" in error.value.message
+
+
+def test_workload_errors_survive_pickling_as_ray_sends_them_to_the_driver() -> None:
+    import pickle
+
+    from modelsmith.contract import CheckpointInfo, Result
+    from modelsmith_runtime.errors import BadInputError, TransientError
+
+    bad = pickle.loads(pickle.dumps(BadInputError("NaNLoss", "step 3: the loss is nan")))  # noqa: S301
+    assert (type(bad), bad.reason, bad.message) == (
+        BadInputError,
+        "NaNLoss",
+        "step 3: the loss is nan",
+    )
+    partial = Result(checkpoint=CheckpointInfo(uri="/c/step-00000004", step=4))
+    flaky = pickle.loads(pickle.dumps(TransientError("TrainingFailed", "boom", partial)))  # noqa: S301
+    assert (flaky.reason, flaky.message, flaky.partial) == ("TrainingFailed", "boom", partial)

@@ -4,18 +4,25 @@ Layout, beside the output (see `plan.CHECKPOINT_SUFFIX`):
 
     <output>-checkpoints/
       latest                  "step-00000200": the commit point, replaced last
-      step-00000100/          torch.distributed.checkpoint (one .distcp per rank)
+      step-00000100/          torch.distributed.checkpoint (one .distcp per rank),
+                              or deepspeed/ (DeepSpeed's ZeRO partitions)
         trainer_state.json    step, data position, tokens, scheduler, scaler, loss
         rng-00000.pt          each rank's RNG states
       step-00000200/
 
-Model and optimizer state go through torch.distributed.checkpoint, which writes each
-rank's shard in parallel and reshards on load, so the same files serve DDP and FSDP
-and a retry with a different world size. On a local path (PVC) a checkpoint is
-written under `.staging-step-…` and renamed into place; on object storage it is
-written in place. Either way the `latest` pointer is written only after every rank
-has finished, and a reader trusts nothing else: a pod killed mid-write leaves at
-worst an orphan directory that the next save of that step replaces.
+Model and optimizer go through the trainer's `Tensors`. For DDP and FSDP that is
+`DcpTensors`: torch.distributed.checkpoint, which writes each rank's shard in
+parallel and reshards on load, so the same files serve both and a retry with a
+different world size. DeepSpeed writes its own files (deepspeed_engine.py), which
+only the same ZeRO stage, precision and world size can read; `Tensors.layout`,
+recorded in trainer_state.json, says which kind a step holds, so a run refuses
+another's instead of failing on it at every retry.
+
+On a local path (PVC) a checkpoint is written under `.staging-step-…` and renamed
+into place; on object storage it is written in place. Either way the `latest`
+pointer is written only after every rank has finished, and a reader trusts nothing
+else: a pod killed mid-write leaves at worst an orphan directory that the next save
+of that step replaces.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import fsspec
 import torch
@@ -70,6 +77,60 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+DCP_LAYOUT: dict[str, Any] = {"format": "torch.distributed.checkpoint"}
+"""The layout of checkpoints written before layouts were recorded, too."""
+
+
+class Tensors(Protocol):
+    """Model and optimizer state, written into and read from one step's directory."""
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        """What a checkpoint's files are; resuming needs an equal one."""
+        ...
+
+    def save(self, where: str, store: CheckpointStore) -> None: ...
+
+    def load(self, where: str, store: CheckpointStore) -> None: ...
+
+
+@dataclass(frozen=True)
+class DcpTensors:
+    """A plain, DDP or FSDP2 model and its torch optimizer, via torch.distributed.checkpoint."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        return DCP_LAYOUT
+
+    def save(self, where: str, store: CheckpointStore) -> None:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        writer = dcp.FileSystemWriter(where) if store.local else dcp.FsspecWriter(where)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "assuming a single process"
+            dcp.save(
+                {"model": model_sd, "optim": optim_sd},
+                storage_writer=writer,
+                no_dist=not store.d.enabled,
+            )
+
+    def load(self, where: str, store: CheckpointStore) -> None:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        app = {"model": model_sd, "optim": optim_sd}
+        reader = dcp.FileSystemReader(where) if store.local else dcp.FsspecReader(where)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(app, storage_reader=reader, no_dist=not store.d.enabled)
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=app["model"],
+            optim_state_dict=app["optim"],
+        )
+
+
 class CheckpointStore:
     def __init__(self, uri: str, keep_last: int, d: Dist) -> None:
         self.uri = uri.rstrip("/")
@@ -102,9 +163,7 @@ class CheckpointStore:
                     self.fs.rm(self._path(name), recursive=True)
         self.d.barrier()
 
-    def save(
-        self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-    ) -> Saved:
+    def save(self, step: int, tensors: Tensors, state: dict[str, Any]) -> Saved:
         name = step_name(step)
         target = self._path(name)
         where = self._path(f".staging-{name}") if self.local else target
@@ -114,15 +173,7 @@ class CheckpointStore:
                     self.fs.rm(path, recursive=True)
             self.fs.makedirs(where, exist_ok=True)
         self.d.barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        writer = dcp.FileSystemWriter(where) if self.local else dcp.FsspecWriter(where)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "assuming a single process"
-            dcp.save(
-                {"model": model_sd, "optim": optim_sd},
-                storage_writer=writer,
-                no_dist=not self.d.enabled,
-            )
+        tensors.save(where, self)
         with self.fs.open(f"{where}/rng-{self.d.rank:05d}.pt", "wb") as handle:
             torch.save(_rng_state(self.d.device), handle)
         self.d.barrier()
@@ -163,18 +214,10 @@ class CheckpointStore:
         state: dict[str, Any] = json.loads(raw)
         return state
 
-    def load(self, saved: Saved, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def load(self, saved: Saved, tensors: Tensors) -> None:
         """Restore model, optimizer and this rank's RNG states."""
         where = self._path(step_name(saved.step))
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        app = {"model": model_sd, "optim": optim_sd}
-        reader = dcp.FileSystemReader(where) if self.local else dcp.FsspecReader(where)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(app, storage_reader=reader, no_dist=not self.d.enabled)
-        set_state_dict(
-            model, optimizer, model_state_dict=app["model"], optim_state_dict=app["optim"]
-        )
+        tensors.load(where, self)
         rng = f"{where}/rng-{self.d.rank:05d}.pt"
         if self.fs.exists(rng):
             with self.fs.open(rng, "rb") as handle:

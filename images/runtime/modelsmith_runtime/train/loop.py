@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -22,12 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import PretrainedConfig
 
 from modelsmith_runtime.errors import BadInputError, TransientError
-from modelsmith_runtime.train.checkpoint import CheckpointStore, Saved
+from modelsmith_runtime.train.checkpoint import CheckpointStore, DcpTensors, Saved, Tensors
 from modelsmith_runtime.train.data import Batches
 from modelsmith_runtime.train.distributed import Dist
 from modelsmith_runtime.train.metrics import MetricsSink
@@ -46,7 +48,14 @@ class StepStats:
 
 
 class Trainer:
-    """One optimizer step over a rank's micro-batches (gradient accumulation)."""
+    """One optimizer step over a rank's micro-batches (gradient accumulation).
+
+    The step is the same for every strategy: forward and backward each micro-batch,
+    agree on the loss across ranks, refuse a non-finite one before the optimizer
+    touches the weights, then step. What differs is in `_micro_step` and
+    `_optimizer_step` (DeepSpeed's engine owns backward, loss scaling, clipping and the
+    step: deepspeed_engine.py), and in `tensors`, which a checkpoint saves.
+    """
 
     def __init__(
         self,
@@ -68,6 +77,7 @@ class Trainer:
         self.aux_coef = aux_coef
         # fp16 overflows without loss scaling; bf16 and fp32 do not need it.
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=autocast == torch.float16)
+        self.tensors: Tensors = DcpTensors(model, optimizer)
 
     def _forward_context(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast is None:
@@ -81,6 +91,28 @@ class Trainer:
             return self.model.no_sync()
         return contextlib.nullcontext()
 
+    def _micro_step(self, ids: torch.Tensor, n: int, last: bool) -> Any:
+        """Forward and backward of one of ``n`` micro-batches; the model's output."""
+        with self._sync_context(last):
+            with self._forward_context():
+                out = self.model(input_ids=ids, labels=ids, use_cache=False)
+            self.scaler.scale(out.loss / n).backward()
+        return out
+
+    def _optimizer_step(self) -> float | None:
+        """Clip, step, advance the schedule; the gradient norm when it was computed."""
+        grad_norm = None
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            full = getattr(norm, "full_tensor", None)  # a DTensor under FSDP2
+            grad_norm = float(full() if full is not None else norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
     def step(self, micro_batches: list[np.ndarray[Any, Any]], step: int, stop: bool) -> StepStats:
         n = len(micro_batches)
         totals = torch.zeros(2, dtype=torch.float32, device=self.d.device)
@@ -90,10 +122,7 @@ class Trainer:
             if self.d.device.type == "cuda":
                 ids = ids.pin_memory()
             ids = ids.to(self.d.device, non_blocking=True)
-            with self._sync_context(last=i == n - 1):
-                with self._forward_context():
-                    out = self.model(input_ids=ids, labels=ids, use_cache=False)
-                self.scaler.scale(out.loss / n).backward()
+            out = self._micro_step(ids, n, last=i == n - 1)
             aux = out.aux_loss.detach().float() if out.get("aux_loss") is not None else None
             lm = out.loss.detach().float() - (self.aux_coef * aux if aux is not None else 0.0)
             totals[0] += lm / n
@@ -110,18 +139,25 @@ class Trainer:
                 "replay the same data and diverge the same way",
             )
         learning_rate = float(self.optimizer.param_groups[0]["lr"])
-        grad_norm = None
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            full = getattr(norm, "full_tensor", None)  # a DTensor under FSDP2
-            grad_norm = float(full() if full is not None else norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self._optimizer_step()
         aux_loss = aux_sum if has_aux else None
         return StepStats(loss, aux_loss, grad_norm, learning_rate, stops > 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's JSON part of a checkpoint (the tensors are in `tensors`)."""
+        return {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights in host memory on rank 0 (every rank must call it;
+        the other ranks may get an empty dict)."""
+        return get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +175,11 @@ class Progress:
 def _sigterm_requests() -> Iterator[list[bool]]:
     """SIGTERM (eviction, suspend) sets a flag the loop reads; the default after."""
     flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        # Ray Train runs the loop in a thread of its worker actor, where Python cannot
+        # install signal handlers; there the pod's SIGTERM goes to the Ray driver.
+        yield flag
+        return
 
     def handler(signum: int, frame: FrameType | None) -> None:
         log.warning("SIGTERM: saving a checkpoint and stopping after this step")
@@ -175,8 +216,8 @@ class Loop:
     def trainer_state(self) -> dict[str, Any]:
         return {
             **asdict(self.progress),
-            "scheduler": self.trainer.scheduler.state_dict(),
-            "scaler": self.trainer.scaler.state_dict(),
+            **self.trainer.state_dict(),
+            "tensors": self.trainer.tensors.layout,
             "world": self.trainer.d.world,
             "identity": self.identity,
         }
@@ -188,13 +229,11 @@ class Loop:
             tokens=int(state["tokens"]),
             loss=state.get("loss"),
         )
-        self.trainer.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.trainer.scaler.load_state_dict(state["scaler"])
+        self.trainer.load_state_dict(state)
 
     def _save(self) -> None:
-        t = self.trainer
-        self.saved = self.store.save(self.progress.step, t.model, t.optimizer, self.trainer_state())
+        tensors = self.trainer.tensors
+        self.saved = self.store.save(self.progress.step, tensors, self.trainer_state())
 
     def _report(self, stats: StepStats, seconds: float, tokens: int) -> None:
         rate = tokens / seconds if seconds > 0 else 0.0

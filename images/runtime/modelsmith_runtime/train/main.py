@@ -4,13 +4,15 @@ Each rank torchrun starts runs `run`. `check` is the cheap half on its own (the 
 config, the spec, the dataset and tokenizer artifacts) for a launcher that wants to
 fail bad input before it starts torchrun: torchrun reports any worker failure as exit
 code 1, so a BadInputError raised inside a worker reaches the Job as a retryable one.
+With `launcher: ray` `run` is started once, on the Ray head, and drives Ray Train's
+workers, which run the same per-rank training (raytrain.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from modelsmith.api.pretrain import PretrainJobSpec
+from modelsmith.api.pretrain import Launcher, PretrainJobSpec
 from modelsmith.contract import Result
 from modelsmith_runtime.task import load_task
 from modelsmith_runtime.train.plan import Plan, make_plan
@@ -22,6 +24,10 @@ def check(task_config: Path) -> Plan:
 
 def run(task_config: Path) -> Result:
     plan = check(task_config)
+    if plan.spec.distribution.launcher == Launcher.RAY:
+        from modelsmith_runtime.train import raytrain
+
+        return raytrain.run(task_config, plan)
     from modelsmith_runtime.train.session import train  # torch and transformers: seconds
 
     return train(plan)

@@ -8,6 +8,7 @@ server (a test, a rerun by hand) and pydantic does not evaluate CEL.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from modelsmith.api.pretrain import (
     ArchitectureType,
-    Launcher,
     Offload,
     PretrainJobSpec,
     Strategy,
@@ -67,17 +67,15 @@ def _unsupported(message: str) -> BadInputError:
 def check_spec(spec: PretrainJobSpec, world: int) -> None:
     """What the schema alone lets through but this trainer cannot run."""
     d, t, a = spec.distribution, spec.training, spec.architecture
-    if d.strategy == Strategy.DEEPSPEED:
+    if d.strategy == Strategy.DEEPSPEED and importlib.util.find_spec("deepspeed") is None:
         raise _unsupported(
-            "distribution.strategy deepspeed: DeepSpeed is not in the trainer image yet; "
-            "use fsdp (ZeRO-3 equivalent, with offload: cpu if needed) or ddp"
+            "distribution.strategy deepspeed: DeepSpeed is not installed in this image; "
+            "install modelsmith-runtime[deepspeed], or use fsdp (ZeRO-3 equivalent) or ddp"
         )
-    if d.launcher == Launcher.RAY:
-        raise _unsupported(
-            "distribution.launcher ray: Ray Train is not supported yet; use torchrun"
-        )
-    if d.offload == Offload.CPU and d.strategy != Strategy.FSDP:
-        raise _invalid("distribution.offload cpu needs strategy fsdp")
+    if d.offload == Offload.CPU and d.strategy == Strategy.DDP:
+        raise _invalid("distribution.offload cpu needs strategy fsdp or deepspeed")
+    if d.zero_stage is not None and d.strategy != Strategy.DEEPSPEED:
+        raise _invalid("distribution.zeroStage applies to strategy deepspeed only")
     if (t.steps is None) == (t.tokens is None):
         raise _invalid("training: set exactly one of steps or tokens")
     if t.global_batch_size % (t.micro_batch_size * world):

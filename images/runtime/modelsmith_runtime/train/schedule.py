@@ -8,6 +8,8 @@ the peak and decays over the last `WSD_DECAY` share of the run.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
@@ -25,18 +27,27 @@ BETAS = (0.9, 0.95)
 """The pretraining betas of GPT-3, Llama and OLMo: 0.999 reacts too slowly to spikes."""
 
 
-def build_optimizer(model: nn.Module, training: Training) -> torch.optim.AdamW:
-    """AdamW without weight decay on norms and biases (1-D tensors), as Llama trains.
-
-    One fused kernel per step where the parameters live on the GPU; the multi-tensor
-    (foreach) path where they live in host memory (CPU, or FSDP's CPU offload).
-    """
+def parameter_groups(model: nn.Module, training: Training) -> list[dict[str, Any]]:
+    """No weight decay on norms and biases (1-D tensors), as Llama trains."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
+    return [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": training.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    cuda = params[0].device.type == "cuda"
+
+
+def build_optimizer(
+    model: nn.Module, training: Training, *, on_host: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups`.
+
+    One fused kernel per step where the parameters live on the GPU; the multi-tensor
+    (foreach) path where they live in host memory (CPU, or FSDP's CPU offload).
+    ``on_host`` says the optimizer will step in host memory although the parameters
+    are on the GPU now: DeepSpeed's offload hands it host copies later.
+    """
+    groups = parameter_groups(model, training)
+    cuda = next(model.parameters()).device.type == "cuda" and not on_host
     return torch.optim.AdamW(
         groups,
         lr=training.learning_rate,

@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 import transformers
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from transformers import MixtralConfig
+from transformers import MixtralConfig, PretrainedConfig
 
-from modelsmith.api.pretrain import Precision
+from modelsmith.api.pretrain import Precision, Strategy
 from modelsmith.contract import COMPLETION_MARKER, CheckpointInfo, ProgressInfo, Result
 from modelsmith_runtime import storage
 from modelsmith_runtime.errors import BadInputError, TransientError
-from modelsmith_runtime.train.checkpoint import CheckpointStore, Saved
+from modelsmith_runtime.train.checkpoint import DCP_LAYOUT, CheckpointStore, Saved
 from modelsmith_runtime.train.data import Batches
 from modelsmith_runtime.train.distributed import Dist, wrap
 from modelsmith_runtime.train.loop import Loop, Progress, Trainer
@@ -59,22 +58,31 @@ def _identity(plan: Plan) -> dict[str, Any]:
     return {"architecture": arch, "vocabSize": plan.vocab_size}
 
 
+def _trainer(plan: Plan, config: PretrainedConfig, d: Dist) -> Trainer:
+    spec, t = plan.spec, plan.spec.training
+    autocast = DTYPES[spec.precision]
+    dist_spec = spec.distribution
+    model = build_model(config, d.device, t.seed)
+    aux_coef = config.router_aux_loss_coef if isinstance(config, MixtralConfig) else 0.0
+    if dist_spec.strategy == Strategy.DEEPSPEED:
+        from modelsmith_runtime.train.deepspeed_engine import deepspeed_trainer
+
+        return deepspeed_trainer(model, plan, d, aux_coef=aux_coef)
+    model = wrap(model, dist_spec.strategy, dist_spec.offload, d, half=autocast)
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t.schedule, plan.warmup_steps, plan.total_steps)
+    return Trainer(
+        model, optimizer, scheduler, d, autocast=autocast, grad_clip=t.grad_clip, aux_coef=aux_coef
+    )
+
+
 def _build(plan: Plan, d: Dist, store: CheckpointStore) -> Loop:
     spec, t = plan.spec, plan.spec.training
     config = model_config(
         spec.architecture, plan.vocab_size, plan.sequence_length, special_tokens(plan.tokenizer_dir)
     )
     batches = Batches.for_rank(plan.dataset_dir, plan.sequence_length, t, d.rank, d.world)
-    autocast = DTYPES[spec.precision]
-    dist_spec = spec.distribution
-    model = build_model(config, d.device, t.seed)
-    model = wrap(model, dist_spec.strategy, dist_spec.offload, d, half=autocast)
-    optimizer = build_optimizer(model, t)
-    scheduler = build_scheduler(optimizer, t.schedule, plan.warmup_steps, plan.total_steps)
-    aux_coef = config.router_aux_loss_coef if isinstance(config, MixtralConfig) else 0.0
-    trainer = Trainer(
-        model, optimizer, scheduler, d, autocast=autocast, grad_clip=t.grad_clip, aux_coef=aux_coef
-    )
+    trainer = _trainer(plan, config, d)
     tensorboard = storage.local_path(plan.checkpoints)
     return Loop(
         trainer=trainer,
@@ -86,7 +94,7 @@ def _build(plan: Plan, d: Dist, store: CheckpointStore) -> Loop:
         interval=spec.checkpoint.interval_steps,
         log_every=plan.log_every,
         flops_per_token=flops_per_token(config, plan.sequence_length),
-        peak_flops=peak_flops(d.device, half_precision=autocast is not None),
+        peak_flops=peak_flops(d.device, half_precision=spec.precision != Precision.FP32),
         progress=Progress(),
         identity=_identity(plan),
         config=config,
@@ -101,13 +109,17 @@ def _resume(plan: Plan, loop: Loop, store: CheckpointStore, d: Dist) -> None:
     if saved is None:
         return
     state = store.state(saved)
-    if state.get("identity") != loop.identity:
-        raise BadInputError(
-            "CheckpointMismatch",
-            f"{saved.uri} was written for {state.get('identity')}, this run is {loop.identity}; "
-            "set checkpoint.resume: false to start over",
-        )
-    store.load(saved, loop.trainer.model, loop.trainer.optimizer)
+    for key, mine, default in (
+        ("identity", loop.identity, None),
+        ("tensors", loop.trainer.tensors.layout, DCP_LAYOUT),
+    ):
+        if state.get(key, default) != mine:
+            raise BadInputError(
+                "CheckpointMismatch",
+                f"{saved.uri} was written for {state.get(key, default)}, this run is {mine}; "
+                "set checkpoint.resume: false to start over",
+            )
+    store.load(saved, loop.trainer.tensors)
     loop.restore(state)
     loop.saved = saved
     if d.is_main:
@@ -117,9 +129,7 @@ def _resume(plan: Plan, loop: Loop, store: CheckpointStore, d: Dist) -> None:
 def _publish(plan: Plan, loop: Loop, d: Dist) -> str:
     """Gather the full weights and let rank 0 alone publish them with the tokenizer;
     the digest is rank 0's ("" elsewhere)."""
-    full = get_model_state_dict(
-        loop.trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
+    full = loop.trainer.full_state_dict()
     digest = ""
     if d.is_main:
         dtype = DTYPES[plan.spec.precision] or torch.float32
