@@ -99,7 +99,7 @@ class OnEmpty(StrEnum):
 class BuiltinCheck(StrEnum):
     ERROR_RATE = "error-rate"
     LATENCY_P99 = "latency-p99"
-    TIME_TO_FIRST_TOKEN_P99 = "time-to-first-token-p99"
+    TIME_TO_FIRST_TOKEN_P99 = "time-to-first-token-p99"  # noqa: S105 (a check name)
 
 
 class MetricCheck(CamelModel):
