@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -277,7 +278,17 @@ def test_killed_ray_worker_is_retryable_and_the_retry_resumes_to_the_same_loss(
             assert loss == pytest.approx(theirs[step], abs=1e-6), step
 
 
-def test_the_first_rank_failure_is_the_cause_and_bad_input_wins() -> None:
+def _plan_with_checkpoint(root: Path, step: int | None) -> Any:
+    """What `failure` reads of a plan: the checkpoint store, with a commit at ``step``."""
+    if step is not None:
+        (root / f"step-{step:08d}").mkdir(parents=True)
+        (root / f"step-{step:08d}" / "trainer_state.json").write_text("{}")
+        (root / "latest").write_text(f"step-{step:08d}")
+    spec = SimpleNamespace(checkpoint=SimpleNamespace(keep_last=3))
+    return SimpleNamespace(checkpoints=str(root), spec=spec, total_steps=40)
+
+
+def test_the_first_rank_failure_is_the_cause_and_bad_input_wins(tmp_path: Path) -> None:
     """In process, on Ray's own error type after a pickling round trip (how it reaches
     the driver): the cases a 2-worker run cannot provoke on demand."""
     from ray.train import WorkerGroupError
@@ -287,7 +298,7 @@ def test_the_first_rank_failure_is_the_cause_and_bad_input_wins() -> None:
     cause = RankError(TransientError("OutOfMemory", "CUDA out of memory"), at=1.0)
     bad = RankError(BadInputError("NaNLoss", "diverged"), at=3.0)
     error = pickle.loads(pickle.dumps(WorkerGroupError("x", {0: echo, 1: cause})))  # noqa: S301
-    plan: Any = None  # not read: a rank said where the run was
+    plan = _plan_with_checkpoint(tmp_path / "none", None)  # a rank said where the run was
     transient = failure(error, plan)
     assert isinstance(transient, TransientError)
     assert (transient.reason, transient.message) == ("OutOfMemory", "CUDA out of memory")
@@ -299,3 +310,19 @@ def test_the_first_rank_failure_is_the_cause_and_bad_input_wins() -> None:
     assert isinstance(lost, TransientError) and lost.reason == "RayWorkerFailed"
     assert lost.message == "Ray Train worker 1: RuntimeError: segfault"
     assert lost.partial == partial
+
+
+def test_a_checkpoint_committed_after_the_ranks_last_word_is_still_resumed_from(
+    tmp_path: Path,
+) -> None:
+    """A rank killed between committing step 20 and noting it reports step 10: the
+    store's commit pointer is the truth the retry resumes from."""
+    from ray.train import WorkerGroupError
+
+    partial = Result(progress={"step": 21, "total": 40}, checkpoint={"uri": "/c", "step": 10})
+    echo = RankError(TransientError("TrainingFailed", "gloo: peer gone", partial), at=2.0)
+    plan = _plan_with_checkpoint(tmp_path / "ckpt", 20)
+    lost = failure(WorkerGroupError("x", {0: echo, 1: RuntimeError("killed")}), plan)
+    assert isinstance(lost, TransientError) and lost.partial is not None
+    assert lost.partial.checkpoint is not None and lost.partial.checkpoint.step == 20
+    assert lost.partial.progress == partial.progress

@@ -161,6 +161,17 @@ def _stored(plan: Plan) -> Result:
     )
 
 
+def _newest(reported: Result | None, stored: Result) -> Result:
+    """A rank's own report, with the store's checkpoint when that is newer: a rank can
+    die between the commit of a checkpoint and noting it, and the store is the truth."""
+    if reported is None:
+        return stored
+    mine, theirs = reported.checkpoint, stored.checkpoint
+    if theirs is not None and (mine is None or theirs.step > mine.step):
+        return reported.model_copy(update={"checkpoint": theirs})
+    return reported
+
+
 def failure(error: BaseException, plan: Plan) -> BadInputError | TransientError:
     """The contract error for a failed `fit`: bad input on any rank wins (exit 2);
     otherwise a retryable error whose cause is a worker Ray lost (its survivors' errors
@@ -172,7 +183,7 @@ def failure(error: BaseException, plan: Plan) -> BadInputError | TransientError:
     if bad:
         return bad[0]
     crossed = [f.error for f in ranks if isinstance(f.error, TransientError)]
-    partial = next((e.partial for e in crossed if e.partial), None) or _stored(plan)
+    partial = _newest(next((e.partial for e in crossed if e.partial), None), _stored(plan))
     lost = sorted((rank, f) for rank, f in failures.items() if not isinstance(f, RankError))
     if lost:
         rank, cause = lost[0]
