@@ -47,7 +47,7 @@ class Observed:
         return values
 
 
-class _StatusEndpoint:
+class StatusEndpoint:
     """The operator's /v1/progress, on loopback: records what it is sent."""
 
     def __init__(self) -> None:
@@ -68,13 +68,17 @@ class _StatusEndpoint:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
 
 def run_observed(
     component: str, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
 ) -> Observed:
     """run_component, scraping /metrics every 0.2 s and receiving progress meanwhile."""
     port = _free_port()
-    status = _StatusEndpoint()
+    status = StatusEndpoint()
     token = workdir / "token"
     workdir.mkdir(parents=True, exist_ok=True)
     token.write_text(f"{component}-pod-token\n")
@@ -99,5 +103,5 @@ def run_observed(
             pass
         time.sleep(0.2)
     runner.join()
-    status.server.shutdown()
+    status.close()
     return Observed(finished[0], scrapes, status.received)

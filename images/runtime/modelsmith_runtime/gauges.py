@@ -1,7 +1,7 @@
-"""Prometheus gauges a workload serves while it runs, on MODELSMITH_METRICS_PORT.
+"""Prometheus metrics a workload serves while it runs, on MODELSMITH_METRICS_PORT.
 
-A registry of its own per process (only the workload's metrics, no clash with a second
-user in the same process), served over HTTP only when the operator named a port.
+`start_server`/`stop_server` are the one lifecycle every workload's endpoint uses (the
+data pipeline's ledger collector too); `Gauges` is the simple case of named gauges.
 MODELSMITH_METRICS_LINGER_S keeps the endpoint up that long after the run, so a scrape
 interval longer than a short run still sees its final values.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -27,26 +27,51 @@ def _env_number(name: str) -> float:
         return 0.0
 
 
+def start_server(populate: Callable[[Any], None]) -> Any:
+    """Serve a registry of our own (only the workload's metrics, no clash with another
+    user in the process), filled by ``populate``, when MODELSMITH_METRICS_PORT names a
+    port; the server, or None when no port is named or it is taken."""
+    port = int(_env_number(PORT_ENV))
+    if not port:
+        return None
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    populate(registry)
+    try:
+        server, _thread = start_http_server(port, registry=registry)
+    except OSError as exc:
+        log.warning("metrics port %d unavailable: %s", port, exc)
+        return None
+    return server
+
+
+def stop_server(server: Any) -> None:
+    """After MODELSMITH_METRICS_LINGER_S, so a last scrape sees the final values."""
+    if server is None:
+        return
+    linger = _env_number(LINGER_ENV)
+    if linger > 0:
+        time.sleep(linger)
+    server.shutdown()
+    server.server_close()
+
+
 class Gauges:
     """`<prefix><name>` gauges, one per entry of ``helps``; unknown names are ignored."""
 
     def __init__(self, prefix: str, helps: Mapping[str, str]) -> None:
         self._gauges: dict[str, Any] = {}
-        self._server: Any = None
-        port = int(_env_number(PORT_ENV))
-        if not port:
-            return
-        from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-        registry = CollectorRegistry()
-        try:
-            self._server, _thread = start_http_server(port, registry=registry)
-        except OSError as exc:
-            log.warning("metrics port %d unavailable: %s", port, exc)
-            return
-        self._gauges = {
-            name: Gauge(f"{prefix}{name}", text, registry=registry) for name, text in helps.items()
-        }
+        def populate(registry: Any) -> None:
+            from prometheus_client import Gauge
+
+            self._gauges = {
+                name: Gauge(f"{prefix}{name}", text, registry=registry)
+                for name, text in helps.items()
+            }
+
+        self._server = start_server(populate)
 
     @property
     def serving(self) -> bool:
@@ -59,10 +84,5 @@ class Gauges:
                 gauge.set(value)
 
     def close(self) -> None:
-        if self._server is None:
-            return
-        linger = _env_number(LINGER_ENV)
-        if linger > 0:
-            time.sleep(linger)
-        self._server.shutdown()
+        stop_server(self._server)
         self._server = None

@@ -23,28 +23,15 @@ scrape interval longer than a short run still catches its final counts.
 
 from __future__ import annotations
 
-import logging
-import os
-import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 from modelsmith_runtime.data.stats import Stats
+from modelsmith_runtime.gauges import start_server, stop_server
 from modelsmith_runtime.progress import ProgressReporter
 
-log = logging.getLogger(__name__)
-
-PORT_ENV = "MODELSMITH_METRICS_PORT"
-LINGER_ENV = "MODELSMITH_METRICS_LINGER_S"
 PREFIX = "modelsmith_data_"
-
-
-def _float_env(name: str) -> float:
-    try:
-        return float(os.environ.get(name, "") or 0)
-    except ValueError:
-        return 0.0
 
 
 class Telemetry:
@@ -57,17 +44,7 @@ class Telemetry:
         self.tokens = 0
         self._ledgers: tuple[Stats, ...] = ()
         self._reporter = ProgressReporter() if reports_progress else None
-        self._server: Any = None
-        port = int(_float_env(PORT_ENV))
-        if port:
-            from prometheus_client import CollectorRegistry, start_http_server
-
-            registry = CollectorRegistry()  # only our metrics, as the trainer's sink does
-            registry.register(_LedgerCollector(self))
-            try:
-                self._server, _ = start_http_server(port, registry=registry)
-            except OSError as exc:
-                log.warning("metrics port %d unavailable: %s", port, exc)
+        self._server = start_server(lambda registry: registry.register(_LedgerCollector(self)))
 
     def __enter__(self) -> Telemetry:
         return self
@@ -81,10 +58,7 @@ class Telemetry:
         if error is None:  # every input byte went through, whether this process read it
             self.scanned_bytes = max(self.scanned_bytes, self.input_bytes)
             self._report(force=True)
-        if self._server is not None:
-            time.sleep(_float_env(LINGER_ENV))
-            self._server.shutdown()
-            self._server.server_close()
+        stop_server(self._server)
 
     def watch(self, *ledgers: Stats) -> None:
         """Count from these ledgers from now on (they keep changing; they are not copied)."""
