@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from modelsmith import promql
+from modelsmith.canary import promql
 from modelsmith.devcluster import prometheus
 from tests.helpers import wait_for
 

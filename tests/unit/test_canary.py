@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelsmith.api.inference import Canary, Decision, MetricCheck
-from modelsmith.canary import (
+from modelsmith.canary.decision import (
     Observation,
     Policy,
     Stage,

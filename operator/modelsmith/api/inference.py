@@ -66,6 +66,39 @@ class Limits(CamelModel):
     requests_per_minute: int | None = Field(
         default=None, ge=1, description="Per API key; unset means unlimited."
     )
+    max_prompt_tokens: int = Field(
+        default=8192, ge=1, le=1_048_576, description="Longest prompt accepted, in tokens."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, le=104_857_600, description="Largest request body."
+    )
+
+
+class Batching(CamelModel):
+    """How the built-in engine groups concurrent requests into one forward pass."""
+
+    max_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Sequences decoded together at most."
+    )
+    max_wait_ms: int = Field(
+        default=5,
+        ge=0,
+        le=10_000,
+        description="How long an idle engine waits for more requests before it starts.",
+    )
+
+
+class OutputFilter(CamelModel):
+    """Stop generation before the output says something it must not."""
+
+    blocklist: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=1024,
+        description=(
+            "Case-insensitive phrases; output stops before one, with finish_reason "
+            "content_filter."
+        ),
+    )
 
 
 class Backend(StrEnum):
@@ -194,6 +227,15 @@ class InferenceServiceSpec(CamelModel):
         default=None, description="Clients must send this key (Authorization: Bearer)."
     )
     limits: Limits = defaulted(Limits, "Request limits.")
+    batching: Batching = defaulted(Batching, "Request batching (builtin runtime).")
+    output_filter: OutputFilter | None = Field(
+        default=None, description="Optional output filter (builtin runtime)."
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The `model` clients name in OpenAI requests. Default: metadata.name.",
+    )
     traffic: Traffic = defaulted(Traffic, "Traffic splitting.")
     canary: Canary | None = Field(
         default=None, description="Progressive delivery; unset replaces revisions at once."
