@@ -33,6 +33,7 @@ def _policy(**canary: Any) -> Policy:
     spec: dict[str, Any] = {
         "steps": [10, 50],
         "interval": "1m",
+        "analysisInterval": "1m",
         "failureLimit": 1,
         "metrics": [
             {"name": "errors", "builtin": "error-rate", "max": 0.01},
@@ -289,3 +290,25 @@ def test_any_rollout_keeps_the_invariants(
         if seen.decision == Decision.ABORT and state.stage != Stage.PROMOTED:
             assert new.stage == Stage.ROLLED_BACK
         state = new
+
+
+def test_checks_run_five_times_a_step_so_a_breach_rolls_back_within_the_step() -> None:
+    """Default cadence: analyses every interval/5; steps still last a whole interval."""
+    policy = _policy(analysisInterval=None, failureLimit=2)
+    assert policy.every == 12 * timedelta(seconds=1)
+    sec = timedelta(seconds=1)
+    good = _run(
+        policy, [(timedelta(0), ready(GOOD))] + [(k * 12 * sec, ready(GOOD)) for k in range(1, 6)]
+    )
+    weights = [s.state.weight for s in good]
+    assert weights == [10, 10, 10, 10, 10, 50], "a step lasts the whole interval"
+    breach = _run(
+        policy, [(timedelta(0), ready(GOOD))] + [(k * 12 * sec, ready(ERRORS)) for k in range(1, 4)]
+    )
+    assert breach[-1].state.stage == Stage.ROLLED_BACK and breach[-1].state.weight == 0
+    # Flagger: threshold (failureLimit + 1) x interval = 3 min; here 3 x 12 s = 0.2 of it.
+    assert breach[-1].state.step_started - T0 == 36 * sec
+
+
+def test_analysis_interval_longer_than_interval_is_capped() -> None:
+    assert _policy(analysisInterval="5m").every == MIN

@@ -95,8 +95,7 @@ class OutputFilter(CamelModel):
         default_factory=list,
         max_length=1024,
         description=(
-            "Case-insensitive phrases; output stops before one, with finish_reason "
-            "content_filter."
+            "Case-insensitive phrases; output stops before one, with finish_reason content_filter."
         ),
     )
 
@@ -181,6 +180,11 @@ class Canary(CamelModel):
             "!has(self.stepWeight) || self.stepWeight <= self.maxWeight",
             "canary.stepWeight must not exceed maxWeight",
         ),
+        (
+            "!has(self.analysisInterval) || "
+            "duration(self.analysisInterval) <= duration(self.interval)",
+            "canary.analysisInterval must not exceed interval",
+        ),
     )
 
     steps: list[Annotated[int, Field(ge=1, le=100)]] | None = Field(
@@ -190,7 +194,17 @@ class Canary(CamelModel):
         default=None, ge=1, le=100, description="Weight added per step."
     )
     max_weight: int = Field(default=50, ge=1, le=100, description="Last weight before promotion.")
-    interval: Duration = Field(default="1m", description="Time between analyses (e.g. 1m).")
+    interval: Duration = Field(
+        default="1m", description="How long each step lasts before the next (e.g. 1m)."
+    )
+    analysis_interval: Duration | None = Field(
+        default=None,
+        description=(
+            "How often the checks run within a step (Argo Rollouts' measurement "
+            "interval). Default: a fifth of interval, so a breach is acted on long "
+            "before the step ends."
+        ),
+    )
     metrics: list[MetricCheck] = Field(
         default_factory=list, max_length=32, description="Checks run every interval."
     )
@@ -251,20 +265,65 @@ class ServingPhase(StrEnum):
     FAILED = "Failed"
 
 
+class CanaryStage(StrEnum):
+    SHADOW = "Shadow"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+
+
+class CheckStatus(CamelModel):
+    """One check's last analysis, with the query exactly as it was sent."""
+
+    name: str = Field(description="The check's name.")
+    query: str = Field(description="PromQL as resolved for this revision.")
+    value: float | None = Field(default=None, description="Last value; unset: empty or NaN.")
+    verdict: str = Field(description="Pass, Fail or Inconclusive.")
+
+
+class CanaryEvent(CamelModel):
+    """One entry of the rollout's short history."""
+
+    time: datetime = Field(description="When it happened.")
+    reason: str = Field(description="StepAdvanced, AnalysisFailed, Promoted, RolledBack…")
+    message: str = Field(default="", description="What happened.")
+    weight: int = Field(description="Canary weight after it.")
+
+
+class CanaryStatus(CamelModel):
+    """The rollout of one revision; kept after it ends, until the next one starts."""
+
+    revision: str = Field(description="The revision under analysis.")
+    stage: CanaryStage = Field(description="Shadow, Progressing, Paused, Promoted, RolledBack.")
+    step: int = Field(description="Index of the current step; -1 is the shadow step.")
+    weight: int = Field(description="Percent of user traffic sent to the canary.")
+    failures: int = Field(default=0, description="Failed analyses so far.")
+    inconclusive: int = Field(default=0, description="Inconclusive analyses so far.")
+    step_started: datetime = Field(description="When the current step began.")
+    last_analysis: datetime | None = Field(default=None, description="Last analysis.")
+    message: str = Field(default="", description="Where the rollout stands, in words.")
+    checks: list[CheckStatus] = Field(default_factory=list, description="Last analysis.")
+    history: list[CanaryEvent] = Field(
+        default_factory=list, description="The latest steps and decisions, oldest first."
+    )
+
+
 class InferenceServiceStatus(CamelModel):
     """Observed state of an InferenceService, written by the operator."""
 
     observed_generation: int | None = Field(default=None, description="Generation described.")
     phase: ServingPhase | None = Field(default=None, description="Summary for printer columns.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing, Degraded (metav1.Condition)."
+        default_factory=list,
+        description="Ready, Progressing, RolledBack, Degraded (metav1.Condition).",
     )
     url: str | None = Field(default=None, description="Where clients send requests.")
+    model_uri: str | None = Field(default=None, description="The stable revision's model.")
     stable_revision: str | None = Field(default=None, description="Revision serving most traffic.")
     canary_revision: str | None = Field(default=None, description="Revision under analysis.")
     canary_weight: int | None = Field(default=None, description="Percent sent to the canary.")
-    failed_checks: int | None = Field(default=None, description="Failed analyses so far.")
-    last_analysis_time: datetime | None = Field(default=None, description="Last analysis.")
+    canary: CanaryStatus | None = Field(default=None, description="The latest rollout.")
 
 
 INFERENCESERVICE = KindInfo(

@@ -8,9 +8,12 @@ carries out the result. The vocabulary is Flagger's and Argo Rollouts':
 - Steps: explicit weights, or stepWeight up to maxWeight; a shadow step at weight 0
   first when mirrorPercent is set (the canary sees copies of requests, users see
   nothing of it).
-- Every interval after a step starts, one analysis: each check's value against its
-  min/max. An empty or NaN value counts as onEmpty says: fail, pass, or skip
-  (inconclusive).
+- Every analysis interval (a fifth of the step interval unless set), one analysis:
+  each check's value against its min/max. A step lasts at least one interval and
+  moves on at the first passing analysis after that. Checking more often than the
+  step length is what lets a bad canary go back to stable in a fraction of Flagger's
+  interval x threshold, where one analysis per step is the only clock. An empty or
+  NaN value counts as onEmpty says: fail, pass, or skip (inconclusive).
 - More failed analyses than failureLimit: roll back (all traffic to stable). More
   inconclusive ones than inconclusiveLimit: pause. Prometheus unreachable: pause too;
   a rollout never moves on metrics it could not read.
@@ -32,7 +35,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from modelsmith.api.inference import BuiltinCheck, Canary, Decision, MetricCheck, OnEmpty
+from modelsmith.api.inference import (
+    BuiltinCheck,
+    Canary,
+    Decision,
+    MetricCheck,
+    OnEmpty,
+)
+from modelsmith.api.inference import CanaryStage as Stage
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -44,14 +54,6 @@ def parse_duration(text: str) -> timedelta:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {text!r}")
     return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
-
-
-class Stage(StrEnum):
-    SHADOW = "Shadow"
-    PROGRESSING = "Progressing"
-    PAUSED = "Paused"
-    PROMOTED = "Promoted"
-    ROLLED_BACK = "RolledBack"
 
 
 TERMINAL = frozenset({Stage.PROMOTED, Stage.ROLLED_BACK})
@@ -107,6 +109,12 @@ class Policy:
     inconclusive_limit: int
     progress_deadline: timedelta
     mirror_percent: int = 0
+    analysis_interval: timedelta | None = None
+    """How often checks run; None: every interval."""
+
+    @property
+    def every(self) -> timedelta:
+        return self.analysis_interval or self.interval
 
     @classmethod
     def from_spec(cls, canary: Canary) -> Policy:
@@ -115,10 +123,13 @@ class Policy:
         else:
             step = canary.step_weight or canary.max_weight
             weights = tuple(range(step, canary.max_weight + 1, step))
+        interval = parse_duration(canary.interval)
+        every = parse_duration(canary.analysis_interval) if canary.analysis_interval else None
         return cls(
             weights=weights or (canary.max_weight,),
             max_weight=canary.max_weight,
-            interval=parse_duration(canary.interval),
+            interval=interval,
+            analysis_interval=min(every or interval / 5, interval),
             checks=tuple(canary.metrics),
             failure_limit=canary.failure_limit,
             inconclusive_limit=canary.inconclusive_limit,
@@ -277,7 +288,7 @@ def _before_analysis(policy: Policy, state: State, seen: Observation, now: datet
         return Step(new, event=new.message, reason="StepAdvanced")
     if state.stage == Stage.PAUSED and state.inconclusive > policy.inconclusive_limit:
         return Step(state)  # as Argo Rollouts: an inconclusive rollout waits for a human
-    if now - (state.last_analysis or state.step_started) < policy.interval:
+    if now - (state.last_analysis or state.step_started) < policy.every:
         return Step(state)
     return None
 
@@ -326,4 +337,13 @@ def _after_analysis(
             + (": paused until decision Promote or Abort" if over else ""),
         )
         return Step(new, event=new.message, reason="AnalysisInconclusive", checks=results)
+    if now - state.step_started < policy.interval:
+        new = replace(
+            state,
+            stage=resumed,
+            last_analysis=now,
+            checks=results,
+            message=f"analysis passed; step {max(state.step, 0) + 1} lasts {policy.interval}",
+        )
+        return Step(new, checks=results)
     return _advance(policy, replace(state, stage=resumed), now, results)
