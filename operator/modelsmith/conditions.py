@@ -20,6 +20,12 @@ class Reason(StrEnum):
     UPSTREAM_FAILED = "UpstreamFailed"
     SPEC_CHANGE_REJECTED = "SpecChangeRejected"
     SPEC_APPLIED = "SpecApplied"
+    SERVING = "Serving"
+    REVISION_NOT_READY = "RevisionNotReady"
+    CANARY_PROGRESSING = "CanaryProgressing"
+    ROLLOUT_DONE = "RolloutDone"
+    ROLLED_BACK = "RolledBack"
+    PROMOTED = "Promoted"
 
 
 def set_condition(

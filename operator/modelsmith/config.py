@@ -22,6 +22,8 @@ class Settings:
     status_url: str | None = None
     """Where workload pods report progress (the operator's status endpoint, as pods
     reach it); None: pods are not told, and status.progress fills in only at the end."""
+    prometheus_url: str | None = None
+    """Where canary analyses query Prometheus; None: a canary with checks pauses."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -29,6 +31,7 @@ class Settings:
             image_registry=os.environ.get("MODELSMITH_IMAGE_REGISTRY", DEFAULT_REGISTRY),
             image_tag=os.environ.get("MODELSMITH_IMAGE_TAG", __version__),
             status_url=os.environ.get("MODELSMITH_STATUS_URL") or None,
+            prometheus_url=os.environ.get("MODELSMITH_PROMETHEUS_URL") or None,
         )
 
     def image(self, name: str) -> str:

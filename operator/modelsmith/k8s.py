@@ -22,7 +22,14 @@ _PLURALS = {
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
     ("v1", "Secret"): "secrets",
+    ("v1", "ServiceAccount"): "serviceaccounts",
     ("batch/v1", "Job"): "jobs",
+    ("apps/v1", "Deployment"): "deployments",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservices",
 }
 
 
@@ -134,6 +141,29 @@ def get(
         if exc.status == 404:
             return None
         raise
+
+
+def delete(api_version: str, kind: str, namespace: str, name: str) -> None:
+    """Delete in the background (dependents go through the garbage collector); gone is done."""
+    try:
+        _call(
+            "DELETE",
+            _path(api_version, kind, namespace, name),
+            body={"propagationPolicy": "Background"},
+        )
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+
+
+def patch_metadata(plural: str, namespace: str, name: str, metadata: dict[str, Any]) -> None:
+    """Merge-patch a modelsmith resource's metadata (a null value removes a key)."""
+    _call(
+        "PATCH",
+        _path(f"{GROUP}/{VERSION}", "", namespace, name, plural),
+        body={"metadata": metadata},
+        content_type="application/merge-patch+json",
+    )
 
 
 def list_(api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import kopf
 from modelsmith import k8s, metrics, statusserver
 from modelsmith.batchkinds import BATCH_KINDS
 from modelsmith.config import Settings
-from modelsmith.handlers import batch
+from modelsmith.handlers import batch, inference
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -64,6 +64,7 @@ def register_all() -> None:
     for kind in BATCH_KINDS:
         batch.register(kind, app_settings)
     batch.register_job_watch(app_settings)
+    inference.register(app_settings)
 
 
 def run(namespaces: list[str], all_namespaces: bool, metrics_port: int, log_format: str) -> int:

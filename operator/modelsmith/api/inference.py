@@ -25,6 +25,11 @@ class Runtime(StrEnum):
     KSERVE = "kserve"
 
 
+class AutoscalingMetric(StrEnum):
+    CPU = "cpu"
+    CONCURRENCY = "concurrency"
+
+
 class Autoscaling(CamelModel):
     """Scale replicas on load."""
 
@@ -37,8 +42,26 @@ class Autoscaling(CamelModel):
 
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
+    metric: AutoscalingMetric = Field(
+        default=AutoscalingMetric.CONCURRENCY,
+        description=(
+            "cpu: CPU utilisation (metrics-server); concurrency: requests in flight per "
+            "pod, a Prometheus metric served to the HPA by prometheus-adapter."
+        ),
+    )
     target_concurrency: int = Field(
         default=8, ge=1, le=100_000, description="In-flight requests per replica to aim for."
+    )
+    target_cpu_utilization: int = Field(
+        default=70, ge=1, le=100, description="cpu: percent of the CPU request to aim for."
+    )
+    pods_metric: str = Field(
+        default="vllm_num_requests_running",
+        max_length=253,
+        description=(
+            "concurrency: the custom metric's name as prometheus-adapter serves it "
+            "(from the servers' vllm:num_requests_running)."
+        ),
     )
 
 
@@ -231,6 +254,15 @@ class Canary(CamelModel):
 
 class InferenceServiceSpec(CamelModel):
     """Desired state of an InferenceService."""
+
+    model_config = cel(
+        (
+            "!has(self.canary) || self.traffic.backend == 'router' || "
+            "self.canary.metrics.all(m, !has(m.builtin))",
+            "canary builtin checks read the built-in router's metrics: with traffic.backend "
+            "gateway-api or kserve, give each check a PromQL query instead",
+        )
+    )
 
     model: Input = Field(description="The model to serve; a change starts a canary.")
     runtime: Runtime = Field(default=Runtime.BUILTIN, description="builtin, vllm or kserve.")

@@ -1,0 +1,278 @@
+"""Which revisions serve, with what weights, and what status says: pure, from the spec's
+revision, the status kept so far, readiness and the analysis' samples.
+
+`decision.decide` moves one canary; this module is the bookkeeping around it that the
+handler would otherwise mix with I/O: a new revision starts a rollout (superseding an
+unfinished one), a promotion makes the canary stable, a spec reverted mid-rollout rolls
+back, a spec without a canary replaces the revision as soon as the new one is ready, and
+the stable revision is never dropped before its successor is ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from modelsmith.api.inference import (
+    CanaryEvent,
+    CanaryStage,
+    CanaryStatus,
+    CheckStatus,
+    Decision,
+    InferenceServiceSpec,
+    InferenceServiceStatus,
+    ServingPhase,
+)
+from modelsmith.api.meta import ConditionStatus
+from modelsmith.builders.inference import Split
+from modelsmith.canary.decision import TERMINAL, Observation, Policy, State, Step, decide
+from modelsmith.conditions import Reason, set_condition
+
+HISTORY = 10
+"""History entries kept in status: enough to read a rollout, small enough for etcd."""
+REPLACE_DEADLINE = timedelta(minutes=10)
+"""Without a canary spec, how long a new revision may take to become ready."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    spec: InferenceServiceSpec
+    revision: str
+    """The revision the spec describes now."""
+    model_uri: str
+    ready: Mapping[str, bool]
+    """Revision -> all its replicas available."""
+    samples: Mapping[str, float | None] | None
+    """The canary's check values, when an analysis is due; None: Prometheus unreachable."""
+    queries: Mapping[str, str]
+    """Check name -> PromQL as sent, for status."""
+    decision: Decision
+    now: datetime
+    generation: int
+
+
+@dataclass
+class Plan:
+    status: InferenceServiceStatus
+    split: Split
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """(type, reason, message) for kopf.event."""
+    scaled_down: str | None = None
+    """A rolled-back canary: its Deployment stays, at zero replicas, for inspection."""
+
+    @property
+    def live(self) -> list[str]:
+        return [*self.split.revisions, *([self.scaled_down] if self.scaled_down else [])]
+
+
+def _state(c: CanaryStatus) -> State:
+    return State(
+        stage=c.stage,
+        step=c.step,
+        weight=c.weight,
+        failures=c.failures,
+        inconclusive=c.inconclusive,
+        step_started=c.step_started,
+        last_analysis=c.last_analysis,
+        message=c.message,
+    )
+
+
+def _record(
+    previous: CanaryStatus, step: Step, queries: Mapping[str, str], now: datetime
+) -> CanaryStatus:
+    s = step.state
+    checks = previous.checks
+    if s.checks and s.last_analysis == now:
+        checks = [
+            CheckStatus(
+                name=r.name, query=queries.get(r.name, ""), value=r.value, verdict=str(r.verdict)
+            )
+            for r in s.checks
+        ]
+    history = list(previous.history)
+    if step.event:
+        entry = CanaryEvent(time=now, reason=step.reason, message=step.event, weight=s.weight)
+        history = [*history, entry][-HISTORY:]
+    return CanaryStatus(
+        revision=previous.revision,
+        stage=s.stage,
+        step=s.step,
+        weight=s.weight,
+        failures=s.failures,
+        inconclusive=s.inconclusive,
+        step_started=s.step_started,
+        last_analysis=s.last_analysis,
+        message=s.message,
+        checks=checks,
+        history=history,
+    )
+
+
+def _start(inputs: Inputs, superseded: CanaryStatus | None) -> tuple[CanaryStatus, str]:
+    now = inputs.now
+    policy = Policy.from_spec(inputs.spec.canary) if inputs.spec.canary else None
+    state = State.start(policy, now) if policy else State(CanaryStage.PROGRESSING, 0, 0, 0, 0, now)
+    how = "canary" if policy else "replacement (no canary spec)"
+    message = f"new revision {inputs.revision} starts as {how}"
+    if superseded is not None and superseded.stage not in TERMINAL:
+        message += f"; unfinished rollout of {superseded.revision} superseded"
+    status = CanaryStatus(
+        revision=inputs.revision,
+        stage=state.stage,
+        step=state.step,
+        weight=state.weight,
+        step_started=now,
+        message=state.message,
+        history=[CanaryEvent(time=now, reason="CanaryStarted", message=message, weight=0)],
+    )
+    return status, message
+
+
+def _replace(inputs: Inputs, canary: CanaryStatus) -> Step:
+    """No canary spec: all traffic moves the moment the new revision is ready."""
+    state = _state(canary)
+    if inputs.ready.get(canary.revision):
+        message = "new revision ready: replaced (no canary spec)"
+        return Step(
+            State(CanaryStage.PROMOTED, 0, 100, 0, 0, inputs.now, message=message),
+            event=message,
+            reason="Promoted",
+        )
+    if inputs.now - canary.step_started >= REPLACE_DEADLINE:
+        message = f"the new revision was not ready within {REPLACE_DEADLINE}: rolled back"
+        return Step(
+            State(CanaryStage.ROLLED_BACK, 0, 0, 0, 0, inputs.now, message=message),
+            event=message,
+            reason="ProgressDeadlineExceeded",
+        )
+    return Step(state)
+
+
+def _advance_canary(inputs: Inputs, canary: CanaryStatus) -> Step:
+    if inputs.spec.canary is None:
+        return _replace(inputs, canary)
+    seen = Observation(
+        canary_ready=bool(inputs.ready.get(canary.revision)),
+        samples=inputs.samples,
+        decision=inputs.decision,
+    )
+    return decide(Policy.from_spec(inputs.spec.canary), _state(canary), seen, inputs.now)
+
+
+def plan(inputs: Inputs, current: InferenceServiceStatus) -> Plan:
+    stable = current.stable_revision or inputs.revision
+    model_uri = current.model_uri if current.stable_revision else inputs.model_uri
+    canary = current.canary
+    events: list[tuple[str, str, str]] = []
+    if inputs.revision != stable and (canary is None or canary.revision != inputs.revision):
+        canary, message = _start(inputs, canary)
+        events.append(("Normal", "CanaryStarted", message))
+    elif (
+        inputs.revision == stable
+        and canary is not None
+        and canary.revision != stable
+        and canary.stage not in TERMINAL
+    ):
+        message = f"spec reverted to {stable}: rollout of {canary.revision} rolled back"
+        step = Step(
+            State(CanaryStage.ROLLED_BACK, canary.step, 0, canary.failures, 0, inputs.now),
+            event=message,
+            reason="SpecReverted",
+        )
+        canary = _record(canary, step, inputs.queries, inputs.now)
+        events.append(("Warning", "SpecReverted", message))
+    if canary is not None and canary.stage not in TERMINAL and canary.revision != stable:
+        step = _advance_canary(inputs, canary)
+        canary = _record(canary, step, inputs.queries, inputs.now)
+        if step.event:
+            kind = (
+                "Warning"
+                if canary.stage in (CanaryStage.ROLLED_BACK, CanaryStage.PAUSED)
+                else "Normal"
+            )
+            events.append((kind, step.reason or str(canary.stage), step.event))
+        if canary.stage == CanaryStage.PROMOTED:
+            stable, model_uri = canary.revision, inputs.model_uri
+    active = canary is not None and canary.stage not in TERMINAL and canary.revision != stable
+    split = Split(stable)
+    if active and canary is not None:
+        mirror = inputs.spec.canary.mirror_percent if inputs.spec.canary else 0
+        shadow = canary.stage == CanaryStage.SHADOW
+        split = Split(stable, canary.revision, canary.weight, mirror if shadow else 0)
+    rolled_back = (
+        canary is not None
+        and canary.stage == CanaryStage.ROLLED_BACK
+        and canary.revision == inputs.revision
+    )
+    status = _conditions(
+        inputs,
+        current.model_copy(
+            update={
+                "stable_revision": stable,
+                "model_uri": model_uri,
+                "canary": canary,
+                "canary_revision": canary.revision if active and canary else None,
+                "canary_weight": split.weight if active else None,
+                "observed_generation": inputs.generation,
+            }
+        ),
+        active,
+    )
+    scaled_down = canary.revision if rolled_back and canary else None
+    return Plan(status, split, events, scaled_down)
+
+
+def _conditions(
+    inputs: Inputs, status: InferenceServiceStatus, active: bool
+) -> InferenceServiceStatus:
+    conds = list(status.conditions)
+    now, gen = inputs.now, inputs.generation
+    stable = status.stable_revision or ""
+    canary = status.canary
+    serving = bool(inputs.ready.get(stable))
+
+    def put(type_: str, ok: bool, reason: Reason, message: str) -> None:
+        nonlocal conds
+        state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
+        conds = set_condition(
+            conds, type_, state, reason=reason, message=message, now=now, generation=gen
+        )
+
+    weight = 100 - (status.canary_weight or 0)
+    if serving:
+        put("Ready", True, Reason.SERVING, f"revision {stable} serves {weight}% of traffic")
+    else:
+        put("Ready", False, Reason.REVISION_NOT_READY, f"revision {stable} is not ready yet")
+    if active and canary is not None:
+        put("Progressing", True, Reason.CANARY_PROGRESSING, canary.message)
+    else:
+        put("Progressing", False, Reason.ROLLOUT_DONE, canary.message if canary else "")
+    if canary is not None and canary.stage == CanaryStage.ROLLED_BACK:
+        put("RolledBack", True, Reason.ROLLED_BACK, canary.message)
+    elif canary is not None and canary.stage == CanaryStage.PROMOTED:
+        put("RolledBack", False, Reason.PROMOTED, canary.message)
+    if not serving:
+        phase = ServingPhase.PENDING
+    elif active:
+        phase = ServingPhase.PROGRESSING
+    elif canary is not None and canary.stage == CanaryStage.ROLLED_BACK:
+        phase = ServingPhase.DEGRADED
+    else:
+        phase = ServingPhase.READY
+    return status.model_copy(update={"conditions": conds, "phase": phase})
+
+
+def next_wake(
+    status: InferenceServiceStatus, spec: InferenceServiceSpec, now: datetime
+) -> float | None:
+    """Seconds until this rollout needs a reconcile that no event will bring; None: never."""
+    canary = status.canary
+    if canary is None or status.canary_revision is None:
+        return None
+    if spec.canary is None:
+        return 5.0
+    policy = Policy.from_spec(spec.canary)
+    due = (canary.last_analysis or canary.step_started) + policy.every
+    return max((due - now).total_seconds(), 0.5)

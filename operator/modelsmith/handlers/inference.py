@@ -1,0 +1,367 @@
+"""kopf handlers of InferenceService: gather inputs, let `rollout.plan` decide, apply.
+
+Reconciles come from three places: the resource's own events, its server Deployments'
+readiness changes, and a wake-up clock for analyses that are due (no kopf timer: kopf
+puts a finalizer on every object with one, which blocks namespace deletion whenever the
+operator is down). Every reconcile re-reads the Deployments and the status, so a
+restarted operator carries on a rollout where the last one left it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, NoReturn, cast
+
+import kopf
+from pydantic import ValidationError
+
+from modelsmith import k8s
+from modelsmith.api.inference import (
+    INFERENCESERVICE,
+    Backend,
+    Decision,
+    InferenceServiceSpec,
+    InferenceServiceStatus,
+    ServingPhase,
+)
+from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
+from modelsmith.batchkinds import PLURALS
+from modelsmith.builders.batch import Owner
+from modelsmith.builders.inference import (
+    REVISION_LABEL,
+    Revision,
+    desired_hpa,
+    desired_httproute,
+    desired_kserve,
+    desired_revision_configmap,
+    desired_revision_deployment,
+    desired_revision_service,
+    desired_router,
+    desired_routes_configmap,
+    revision_config,
+    revision_name,
+    route_table,
+)
+from modelsmith.canary import promql
+from modelsmith.canary.decision import TERMINAL, Policy, resolve_query
+from modelsmith.canary.rollout import Inputs, Plan, next_wake, plan
+from modelsmith.conditions import Reason, set_condition
+from modelsmith.config import Settings
+from modelsmith.contract import TASK_CONFIG_KEY, TaskConfig
+from modelsmith.metrics import RECONCILE_SECONDS, RECONCILES
+from modelsmith.refs import resolve
+
+log = logging.getLogger(__name__)
+KIND = INFERENCESERVICE.kind
+PLURAL = INFERENCESERVICE.plural
+DECISION_ANNOTATION = f"{GROUP}/canary-decision"
+"""`kubectl annotate misvc NAME modelsmith.io/canary-decision=Promote` (or Abort): acted
+on once, then removed, so it cannot promote the next rollout by accident."""
+_OWNER_LABEL = f"{GROUP}/{KIND.lower()}"
+
+
+class StaleReadError(Exception):
+    """The resource changed since it was read; reconcile again from a fresh read."""
+
+
+def _available(deployment: dict[str, Any]) -> bool:
+    want = max(int(deployment.get("spec", {}).get("replicas", 1) or 0), 1)
+    status = deployment.get("status", {}) or {}
+    return int(status.get("availableReplicas", 0) or 0) >= want
+
+
+def _revision_deployments(owner: Owner) -> dict[str, dict[str, Any]]:
+    selector = f"{_OWNER_LABEL}={owner.name},app.kubernetes.io/component=server"
+    found = k8s.list_("apps/v1", "Deployment", owner.namespace, selector)
+    return {d["metadata"]["labels"][REVISION_LABEL]: d for d in found}
+
+
+def _snapshot(owner: Owner, revision: str) -> Revision | None:
+    """A revision as it was made, from its own ConfigMap (the spec has moved on)."""
+    cm = k8s.get("v1", "ConfigMap", owner.namespace, revision)
+    if cm is None:
+        return None
+    config = TaskConfig.model_validate(json.loads(cm["data"][TASK_CONFIG_KEY]))
+    spec = InferenceServiceSpec.model_validate(config.spec)
+    return Revision(revision, spec, config.inputs["model"])
+
+
+def _decision(body: kopf.Body, spec: InferenceServiceSpec) -> Decision:
+    raw = (body["metadata"].get("annotations") or {}).get(DECISION_ANNOTATION)
+    if raw in (Decision.PROMOTE, Decision.ABORT):
+        return Decision(raw)
+    return spec.canary.decision if spec.canary else Decision.AUTO
+
+
+def _samples(
+    owner: Owner,
+    spec: InferenceServiceSpec,
+    status: InferenceServiceStatus,
+    desired: str,
+    *,
+    ready: bool,
+    settings: Settings,
+    now: datetime,
+) -> tuple[Mapping[str, float | None] | None, dict[str, str]]:
+    """Query Prometheus only when the canary is ready and an analysis is due."""
+    canary = status.canary
+    if spec.canary is None or canary is None or canary.revision != desired or not ready:
+        return {}, {}
+    if canary.stage in TERMINAL:
+        return {}, {}
+    policy = Policy.from_spec(spec.canary)
+    if now - (canary.last_analysis or canary.step_started) < policy.every:
+        return {}, {}
+    variables = {
+        "namespace": owner.namespace,
+        "service": owner.name,
+        "revision": desired,
+        "interval": spec.canary.interval,
+    }
+    queries = {c.name: resolve_query(c, variables) for c in policy.checks}
+    if not queries:
+        return {}, queries
+    if settings.prometheus_url is None:
+        log.warning("canary %s/%s: no Prometheus configured; paused", owner.namespace, owner.name)
+        return None, queries
+    return promql.sample_all(settings.prometheus_url, queries), queries
+
+
+def _apply_revision(
+    owner: Owner, rev: Revision, spec: InferenceServiceSpec, settings: Settings, scaled: bool
+) -> None:
+    """One revision's ConfigMap (immutable, made once), Deployment, Service and HPA.
+    Replicas and autoscaling follow the current spec whichever revision it is."""
+    k8s.create_if_absent(
+        desired_revision_configmap(owner, rev.name, revision_config(owner, rev.spec, rev.model_uri))
+    )
+    hpa = spec.autoscaling is not None and not scaled
+    replicas = 0 if scaled else (None if hpa else spec.replicas)
+    k8s.apply(desired_revision_deployment(owner, rev, settings, replicas))
+    k8s.apply(desired_revision_service(owner, rev.name))
+    if hpa and spec.autoscaling is not None:
+        k8s.apply(desired_hpa(owner, rev.name, spec.autoscaling))
+    else:
+        k8s.delete("autoscaling/v2", "HorizontalPodAutoscaler", owner.namespace, rev.name)
+
+
+def _apply_traffic(
+    owner: Owner, spec: InferenceServiceSpec, result: Plan, current: Revision, settings: Settings
+) -> str:
+    """The split, by the backend the spec names; returns the URL clients use."""
+    split = result.split
+    if spec.traffic.backend == Backend.GATEWAY_API and spec.traffic.gateway_ref is not None:
+        k8s.apply(desired_httproute(owner, spec.traffic.gateway_ref, split))
+        return f"gateway {spec.traffic.gateway_ref.name}, route {owner.name}"
+    if spec.traffic.backend == Backend.KSERVE:
+        percent = split.weight if split.canary else None
+        k8s.apply(desired_kserve(owner, current, settings, percent))
+        return f"http://{owner.name}.{owner.namespace}.svc (KServe)"
+    k8s.apply(desired_routes_configmap(owner, route_table(owner, split)))
+    for obj in desired_router(owner, settings):
+        k8s.apply(obj)
+    return f"http://{owner.name}.{owner.namespace}.svc"
+
+
+def _delete_revision(owner: Owner, revision: str) -> None:
+    for api_version, kind in (
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("v1", "ConfigMap"),
+    ):
+        k8s.delete(api_version, kind, owner.namespace, revision)
+
+
+def _write_status(body: kopf.Body, old: dict[str, Any], new: InferenceServiceStatus) -> None:
+    rendered = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+    changed = {k: v for k, v in rendered.items() if old.get(k) != v}
+    changed |= {k: None for k in old if k not in rendered}
+    if not changed:
+        return
+    meta = body["metadata"]
+    try:
+        k8s.patch_status(PLURAL, meta["namespace"], meta["name"], changed, meta["resourceVersion"])
+    except k8s.ApiError as exc:
+        if exc.status == 409:
+            raise StaleReadError(f"{KIND} {meta['name']} changed meanwhile") from exc
+        raise
+
+
+def _reject(body: kopf.Body, current: InferenceServiceStatus, message: str, gen: int) -> NoReturn:
+    now = datetime.now(UTC)
+    conds = set_condition(
+        list(current.conditions),
+        "Ready",
+        ConditionStatus.FALSE,
+        reason=Reason.INVALID_SPEC,
+        message=message,
+        now=now,
+        generation=gen,
+    )
+    new = current.model_copy(
+        update={"conditions": conds, "observed_generation": gen, "phase": ServingPhase.FAILED}
+    )
+    _write_status(body, dict(body.get("status", {}) or {}), new)
+    kopf.event(body, type="Warning", reason=str(Reason.INVALID_SPEC), message=message)
+    raise kopf.PermanentError(f"invalid spec: {message}")
+
+
+def reconcile(body: kopf.Body, settings: Settings) -> float | None:
+    """One pass; returns seconds until the next pass that no event will trigger."""
+    meta, gen = body["metadata"], int(body["metadata"].get("generation", 1))
+    old = dict(body.get("status", {}) or {})
+    current = InferenceServiceStatus.model_validate(old)
+    try:
+        spec = InferenceServiceSpec.model_validate(dict(body["spec"]))
+    except ValidationError as exc:
+        _reject(body, current, str(exc), gen)
+    owner = Owner(KIND, meta["name"], meta["namespace"], meta["uid"])
+    now = datetime.now(UTC)
+
+    def fetch(kind: str, name: str) -> dict[str, Any] | None:
+        return k8s.get(f"{GROUP}/{VERSION}", kind, owner.namespace, name, plural=PLURALS[kind])
+
+    resolution = resolve({"model": spec.model}, fetch)
+    if not resolution.ready:
+        waiting = ", ".join(resolution.missing + resolution.pending + resolution.failed)
+        conds = set_condition(
+            list(current.conditions),
+            "Ready",
+            ConditionStatus.FALSE,
+            reason=Reason.WAITING_FOR_INPUT,
+            message=f"waiting for the model: {waiting}",
+            now=now,
+            generation=gen,
+        )
+        update = {"conditions": conds, "observed_generation": gen}
+        if current.stable_revision is None:
+            update["phase"] = ServingPhase.PENDING
+        _write_status(body, old, current.model_copy(update=update))
+        return None
+    model_uri = resolution.uris["model"]
+    desired = Revision(revision_name(owner.name, spec, model_uri), spec, model_uri)
+    deployments = _revision_deployments(owner)
+    ready = {rev: _available(d) for rev, d in deployments.items()}
+    decision = _decision(body, spec)
+    samples, queries = _samples(
+        owner,
+        spec,
+        current,
+        desired.name,
+        ready=ready.get(desired.name, False),
+        settings=settings,
+        now=now,
+    )
+    result = plan(
+        Inputs(spec, desired.name, model_uri, ready, samples, queries, decision, now, gen),
+        current,
+    )
+    for revision in result.live:
+        rev = desired if revision == desired.name else _snapshot(owner, revision)
+        if rev is not None:
+            _apply_revision(owner, rev, spec, settings, scaled=revision == result.scaled_down)
+    stable = (
+        desired if result.split.stable == desired.name else _snapshot(owner, result.split.stable)
+    )
+    url = _apply_traffic(owner, spec, result, stable or desired, settings)
+    for revision in set(deployments) - set(result.live):
+        _delete_revision(owner, revision)
+    _write_status(body, old, result.status.model_copy(update={"url": url}))
+    for type_, reason, message in result.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    if decision != Decision.AUTO and DECISION_ANNOTATION in (meta.get("annotations") or {}):
+        k8s.patch_metadata(
+            PLURAL, owner.namespace, owner.name, {"annotations": {DECISION_ANNOTATION: None}}
+        )
+    return next_wake(result.status, spec, now)
+
+
+_WAKE: dict[tuple[str, str], float] = {}
+"""(namespace, name) -> monotonic time a rollout's next analysis is due."""
+
+
+def _measured(body: kopf.Body, settings: Settings) -> None:
+    outcome = "error"
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    with RECONCILE_SECONDS.labels(KIND).time():
+        try:
+            wake = reconcile(body, settings)
+            outcome = "ok"
+        except StaleReadError as exc:
+            outcome = "stale"
+            raise kopf.TemporaryError(str(exc), delay=0.5) from exc
+        finally:
+            RECONCILES.labels(KIND, outcome).inc()
+    if wake is None:
+        _WAKE.pop(key, None)
+    else:
+        _WAKE[key] = time.monotonic() + wake
+
+
+def _reconcile_fresh(namespace: str, name: str, settings: Settings) -> None:
+    for _attempt in range(3):
+        obj = k8s.get(f"{GROUP}/{VERSION}", KIND, namespace, name, PLURAL)
+        if obj is None:
+            _WAKE.pop((namespace, name), None)
+            return
+        try:
+            _measured(kopf.Body(cast(kopf.RawBody, obj)), settings)
+            return
+        except kopf.TemporaryError:
+            continue
+        except kopf.PermanentError:
+            _WAKE.pop((namespace, name), None)
+            return
+
+
+_READY_SEEN: dict[str, bool] = {}
+
+
+def register(settings: Settings) -> None:
+    resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.resume(*resource)
+    @kopf.on.create(*resource)
+    @kopf.on.update(*resource, field="spec")
+    @kopf.on.update(*resource, field=("metadata", "annotations", DECISION_ANNOTATION))
+    def on_change(body: kopf.Body, **_: Any) -> None:
+        _measured(body, settings)
+
+    @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/component": "server"})
+    def on_deployment(body: kopf.Body, type: str | None, **_: Any) -> None:
+        """A revision became ready (or stopped being): the rollout may move now."""
+        uid = body["metadata"]["uid"]
+        if type == "DELETED":
+            _READY_SEEN.pop(uid, None)
+            return
+        name = (body["metadata"].get("labels") or {}).get(_OWNER_LABEL)
+        ready = _available(dict(body))
+        if name is None or _READY_SEEN.get(uid) == ready:
+            return
+        _READY_SEEN[uid] = ready
+        _reconcile_fresh(body["metadata"]["namespace"], name, settings)
+
+    @kopf.on.startup()
+    async def start_clock(**_: Any) -> None:
+        asyncio.get_running_loop().create_task(_clock(settings))
+
+
+async def _clock(settings: Settings) -> None:
+    """Run the analyses that are due; one at a time, off the event loop."""
+    while True:
+        await asyncio.sleep(0.25)
+        now = time.monotonic()
+        for (namespace, name), due in list(_WAKE.items()):
+            if due <= now:
+                _WAKE.pop((namespace, name), None)
+                try:
+                    await asyncio.to_thread(_reconcile_fresh, namespace, name, settings)
+                except Exception:
+                    log.exception("canary analysis of %s/%s failed", namespace, name)
+                    _WAKE[(namespace, name)] = time.monotonic() + 5
