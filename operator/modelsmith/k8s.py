@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -154,6 +155,36 @@ def delete(api_version: str, kind: str, namespace: str, name: str) -> None:
     except ApiError as exc:
         if exc.status != 404:
             raise
+
+
+def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event about ``obj``, as `kubectl describe` shows them. kopf.event needs
+    kopf's handler context, which the analysis clock's threads do not have."""
+    meta = obj["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _call(
+        "POST",
+        _path("v1", "Event", meta["namespace"], plural="events"),
+        body={
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        },
+    )
 
 
 def patch_metadata(plural: str, namespace: str, name: str, metadata: dict[str, Any]) -> None:

@@ -104,6 +104,18 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("InferenceService", "traffic", {"backend": "gateway-api"}, "gatewayRef is required"),
     (
         "InferenceService",
+        "canary.analysisInterval",
+        "5m",
+        "analysisInterval must not exceed interval",
+    ),
+    (
+        "InferenceService",
+        "traffic",
+        {"backend": "gateway-api", "gatewayRef": {"name": "gw"}},
+        "builtin checks read the built-in router's metrics",
+    ),
+    (
+        "InferenceService",
         "canary.metrics",
         [{"name": "p99", "query": "up"}],
         "needs min, max or both",

@@ -200,6 +200,10 @@ class Canary(CamelModel):
         ("has(self.steps) != has(self.stepWeight)", "canary: set steps or stepWeight, not both"),
         ("!has(self.steps) || self.steps.isSorted()", "canary.steps must be ascending"),
         (
+            "!has(self.steps) || self.steps.all(w, w <= self.maxWeight)",
+            "canary.steps must not exceed maxWeight",
+        ),
+        (
             "!has(self.stepWeight) || self.stepWeight <= self.maxWeight",
             "canary.stepWeight must not exceed maxWeight",
         ),

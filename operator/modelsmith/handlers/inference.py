@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -79,6 +80,20 @@ def _revision_deployments(owner: Owner) -> dict[str, dict[str, Any]]:
     selector = f"{_OWNER_LABEL}={owner.name},app.kubernetes.io/component=server"
     found = k8s.list_("apps/v1", "Deployment", owner.namespace, selector)
     return {d["metadata"]["labels"][REVISION_LABEL]: d for d in found}
+
+
+def _kserve_ready(owner: Owner, current: InferenceServiceStatus, desired: str) -> dict[str, bool]:
+    """KServe's Ready condition, credited to the revision its object was last written for."""
+    obj = k8s.get("serving.kserve.io/v1beta1", "InferenceService", owner.namespace, owner.name)
+    if obj is None:
+        return {}
+    conds = (obj.get("status") or {}).get("conditions") or []
+    ok = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+    written = (obj["metadata"].get("annotations") or {}).get(REVISION_LABEL)
+    ready = {current.stable_revision: True} if current.stable_revision else {}
+    if written == desired:
+        ready[desired] = ok
+    return ready
 
 
 def _snapshot(owner: Owner, revision: str) -> Revision | None:
@@ -150,22 +165,28 @@ def _apply_revision(
         k8s.delete("autoscaling/v2", "HorizontalPodAutoscaler", owner.namespace, rev.name)
 
 
+def _url(owner: Owner, spec: InferenceServiceSpec) -> str:
+    if spec.traffic.backend == Backend.GATEWAY_API and spec.traffic.gateway_ref is not None:
+        return f"gateway {spec.traffic.gateway_ref.name}, HTTPRoute {owner.name}"
+    return f"http://{owner.name}.{owner.namespace}.svc"
+
+
 def _apply_traffic(
-    owner: Owner, spec: InferenceServiceSpec, result: Plan, current: Revision, settings: Settings
-) -> str:
-    """The split, by the backend the spec names; returns the URL clients use."""
+    owner: Owner, spec: InferenceServiceSpec, result: Plan, newest: Revision, settings: Settings
+) -> None:
+    """The split, by the backend the spec names."""
     split = result.split
     if spec.traffic.backend == Backend.GATEWAY_API and spec.traffic.gateway_ref is not None:
         k8s.apply(desired_httproute(owner, spec.traffic.gateway_ref, split))
-        return f"gateway {spec.traffic.gateway_ref.name}, route {owner.name}"
-    if spec.traffic.backend == Backend.KSERVE:
-        percent = split.weight if split.canary else None
-        k8s.apply(desired_kserve(owner, current, settings, percent))
-        return f"http://{owner.name}.{owner.namespace}.svc (KServe)"
-    k8s.apply(desired_routes_configmap(owner, route_table(owner, split)))
-    for obj in desired_router(owner, settings):
-        k8s.apply(obj)
-    return f"http://{owner.name}.{owner.namespace}.svc"
+    elif spec.traffic.backend == Backend.KSERVE:
+        # KServe keeps the previous ready revision itself: the object always describes
+        # the newest one, and canaryTrafficPercent 0 is KServe's rollback.
+        percent = split.weight if split.canary else (0 if result.scaled_down else None)
+        k8s.apply(desired_kserve(owner, newest, settings, percent))
+    else:
+        k8s.apply(desired_routes_configmap(owner, route_table(owner, split)))
+        for obj in desired_router(owner, settings):
+            k8s.apply(obj)
 
 
 def _delete_revision(owner: Owner, revision: str) -> None:
@@ -208,7 +229,7 @@ def _reject(body: kopf.Body, current: InferenceServiceStatus, message: str, gen:
         update={"conditions": conds, "observed_generation": gen, "phase": ServingPhase.FAILED}
     )
     _write_status(body, dict(body.get("status", {}) or {}), new)
-    kopf.event(body, type="Warning", reason=str(Reason.INVALID_SPEC), message=message)
+    k8s.post_event(dict(body), "Warning", str(Reason.INVALID_SPEC), message)
     raise kopf.PermanentError(f"invalid spec: {message}")
 
 
@@ -246,8 +267,13 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         return None
     model_uri = resolution.uris["model"]
     desired = Revision(revision_name(owner.name, spec, model_uri), spec, model_uri)
-    deployments = _revision_deployments(owner)
-    ready = {rev: _available(d) for rev, d in deployments.items()}
+    kserve = spec.traffic.backend == Backend.KSERVE
+    deployments = {} if kserve else _revision_deployments(owner)
+    ready = (
+        _kserve_ready(owner, current, desired.name)
+        if kserve
+        else {rev: _available(d) for rev, d in deployments.items()}
+    )
     decision = _decision(body, spec)
     samples, queries = _samples(
         owner,
@@ -262,19 +288,19 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         Inputs(spec, desired.name, model_uri, ready, samples, queries, decision, now, gen),
         current,
     )
-    for revision in result.live:
+    # Status first, under the resourceVersion read: a reconcile that lost the race fails
+    # here, before it could push an older split to the router.
+    url = _url(owner, spec)
+    _write_status(body, old, result.status.model_copy(update={"url": url}))
+    for revision in [] if kserve else result.live:
         rev = desired if revision == desired.name else _snapshot(owner, revision)
         if rev is not None:
             _apply_revision(owner, rev, spec, settings, scaled=revision == result.scaled_down)
-    stable = (
-        desired if result.split.stable == desired.name else _snapshot(owner, result.split.stable)
-    )
-    url = _apply_traffic(owner, spec, result, stable or desired, settings)
+    _apply_traffic(owner, spec, result, desired, settings)
     for revision in set(deployments) - set(result.live):
         _delete_revision(owner, revision)
-    _write_status(body, old, result.status.model_copy(update={"url": url}))
     for type_, reason, message in result.events:
-        kopf.event(body, type=type_, reason=reason, message=message)
+        k8s.post_event(dict(body), type_, reason, message)
     if decision != Decision.AUTO and DECISION_ANNOTATION in (meta.get("annotations") or {}):
         k8s.patch_metadata(
             PLURAL, owner.namespace, owner.name, {"annotations": {DECISION_ANNOTATION: None}}
@@ -304,20 +330,31 @@ def _measured(body: kopf.Body, settings: Settings) -> None:
         _WAKE[key] = time.monotonic() + wake
 
 
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
 def _reconcile_fresh(namespace: str, name: str, settings: Settings) -> None:
-    for _attempt in range(3):
-        obj = k8s.get(f"{GROUP}/{VERSION}", KIND, namespace, name, PLURAL)
-        if obj is None:
-            _WAKE.pop((namespace, name), None)
-            return
-        try:
-            _measured(kopf.Body(cast(kopf.RawBody, obj)), settings)
-            return
-        except kopf.TemporaryError:
-            continue
-        except kopf.PermanentError:
-            _WAKE.pop((namespace, name), None)
-            return
+    """Reconcile from a fresh read, one at a time per resource.
+
+    Three paths reach here (the resource's events, its Deployments', the clock); run
+    concurrently, a slower one could act on a status another has already moved on.
+    PermanentError (invalid spec) propagates: kopf records it and stops retrying.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault((namespace, name), threading.Lock())
+    with lock:
+        for _attempt in range(3):
+            obj = k8s.get(f"{GROUP}/{VERSION}", KIND, namespace, name, PLURAL)
+            if obj is None:
+                _WAKE.pop((namespace, name), None)
+                _LOCKS.pop((namespace, name), None)
+                return
+            try:
+                _measured(kopf.Body(cast(kopf.RawBody, obj)), settings)
+                return
+            except kopf.TemporaryError:
+                continue
 
 
 _READY_SEEN: dict[str, bool] = {}
@@ -331,7 +368,8 @@ def register(settings: Settings) -> None:
     @kopf.on.update(*resource, field="spec")
     @kopf.on.update(*resource, field=("metadata", "annotations", DECISION_ANNOTATION))
     def on_change(body: kopf.Body, **_: Any) -> None:
-        _measured(body, settings)
+        meta = body["metadata"]
+        _reconcile_fresh(meta["namespace"], meta["name"], settings)
 
     @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/component": "server"})
     def on_deployment(body: kopf.Body, type: str | None, **_: Any) -> None:
@@ -345,7 +383,10 @@ def register(settings: Settings) -> None:
         if name is None or _READY_SEEN.get(uid) == ready:
             return
         _READY_SEEN[uid] = ready
-        _reconcile_fresh(body["metadata"]["namespace"], name, settings)
+        try:
+            _reconcile_fresh(body["metadata"]["namespace"], name, settings)
+        except kopf.PermanentError:
+            return  # the resource's own handler reported it
 
     @kopf.on.startup()
     async def start_clock(**_: Any) -> None:
@@ -362,6 +403,8 @@ async def _clock(settings: Settings) -> None:
                 _WAKE.pop((namespace, name), None)
                 try:
                     await asyncio.to_thread(_reconcile_fresh, namespace, name, settings)
+                except kopf.PermanentError:
+                    continue
                 except Exception:
                     log.exception("canary analysis of %s/%s failed", namespace, name)
                     _WAKE[(namespace, name)] = time.monotonic() + 5
