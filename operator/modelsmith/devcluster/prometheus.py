@@ -77,6 +77,13 @@ def _free_port() -> int:
 class Server:
     url: str
     config: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        """Take Prometheus away (as an outage would); the context exit is then a no-op."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
 
     def reload(self) -> None:
         """Re-read the config (the scrape targets changed)."""
@@ -123,7 +130,7 @@ def serve(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        server = Server(f"http://127.0.0.1:{port}", config)
+        server = Server(f"http://127.0.0.1:{port}", config, proc)
         try:
             _wait_ready(server, proc, timeout, Path(home) / "prometheus.log")
             yield server

@@ -14,7 +14,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn, cast
 
@@ -48,8 +47,7 @@ from modelsmith.builders.inference import (
     revision_name,
     route_table,
 )
-from modelsmith.canary import promql
-from modelsmith.canary.decision import TERMINAL, Policy, resolve_query
+from modelsmith.canary.analysis import Target, gather
 from modelsmith.canary.rollout import Inputs, Plan, next_wake, plan
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
@@ -111,40 +109,6 @@ def _decision(body: kopf.Body, spec: InferenceServiceSpec) -> Decision:
     if raw in (Decision.PROMOTE, Decision.ABORT):
         return Decision(raw)
     return spec.canary.decision if spec.canary else Decision.AUTO
-
-
-def _samples(
-    owner: Owner,
-    spec: InferenceServiceSpec,
-    status: InferenceServiceStatus,
-    desired: str,
-    *,
-    ready: bool,
-    settings: Settings,
-    now: datetime,
-) -> tuple[Mapping[str, float | None] | None, dict[str, str]]:
-    """Query Prometheus only when the canary is ready and an analysis is due."""
-    canary = status.canary
-    if spec.canary is None or canary is None or canary.revision != desired or not ready:
-        return {}, {}
-    if canary.stage in TERMINAL:
-        return {}, {}
-    policy = Policy.from_spec(spec.canary)
-    if now - (canary.last_analysis or canary.step_started) < policy.every:
-        return {}, {}
-    variables = {
-        "namespace": owner.namespace,
-        "service": owner.name,
-        "revision": desired,
-        "interval": spec.canary.interval,
-    }
-    queries = {c.name: resolve_query(c, variables) for c in policy.checks}
-    if not queries:
-        return {}, queries
-    if settings.prometheus_url is None:
-        log.warning("canary %s/%s: no Prometheus configured; paused", owner.namespace, owner.name)
-        return None, queries
-    return promql.sample_all(settings.prometheus_url, queries), queries
 
 
 def _apply_revision(
@@ -275,13 +239,13 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         else {rev: _available(d) for rev, d in deployments.items()}
     )
     decision = _decision(body, spec)
-    samples, queries = _samples(
-        owner,
+    samples, queries = gather(
+        settings.prometheus_url,
+        Target(owner.namespace, owner.name),
         spec,
         current,
         desired.name,
         ready=ready.get(desired.name, False),
-        settings=settings,
         now=now,
     )
     result = plan(
