@@ -21,9 +21,6 @@ if kubectl apply -n "$ns" -f samples/invalid-datapipeline.yaml; then
   echo "expected the invalid manifest to be rejected" >&2; exit 1
 fi
 
-echo "== InferenceService: validated by the API server (dry run); its reconciler is not written yet"
-kubectl apply -n "$ns" --dry-run=server -f samples/inferenceservice.yaml
-
 log=$(mktemp -t modelsmith-operator.XXXXXX.log)
 echo "== starting the operator (log: $log)"
 modelsmith run --namespace "$ns" --metrics-port 0 --log-format text >"$log" 2>&1 &
@@ -47,9 +44,24 @@ for r in datapipeline/tiny-corpus pretrainjob/tiny-llama finetune/tiny-llama-cha
   fi
 done
 
+echo "== serving the quantized model: samples/inferenceservice.yaml (model.fromRef the QuantizeJob)"
+kubectl delete -n "$ns" -f samples/inferenceservice.yaml --ignore-not-found --wait >/dev/null
+kubectl apply -n "$ns" -f samples/inferenceservice.yaml
+kubectl wait -n "$ns" --for=condition=Ready --timeout=120s misvc/tiny-chat
+echo "== a new model version: it starts as canary and gets 5% once ready"
+kubectl patch -n "$ns" misvc/tiny-chat --type=merge \
+  -p '{"spec":{"model":{"fromRef":null,"uri":"file:///data/models/tiny-llama-chat"}}}'
+kubectl wait -n "$ns" --for=jsonpath='{.status.canaryWeight}'=5 --timeout=120s misvc/tiny-chat
+kubectl get misvc -n "$ns"
+kubectl get configmap tiny-chat-routes -n "$ns" -o jsonpath='{.data.routes\.json}'; echo
+echo "== no Prometheus in this demo, so the analysis would pause; promote by hand"
+kubectl annotate -n "$ns" misvc/tiny-chat modelsmith.io/canary-decision=Promote --overwrite
+kubectl wait -n "$ns" --for=jsonpath='{.status.canary.stage}'=Promoted --timeout=60s misvc/tiny-chat
+kubectl get misvc tiny-chat -n "$ns" -o jsonpath='{.status.canary.history}' | python3 -m json.tool
+
 echo "== result"
 kubectl get modelsmith -n "$ns" -o wide
-kubectl get jobs,pods -n "$ns" -o wide
+kubectl get jobs,deployments,services,pods -n "$ns" -o wide
 kubectl get quantizejob tiny-llama-chat-int4 -n "$ns" -o jsonpath='{.status}' | python3 -m json.tool
 echo
 echo "The cluster is still running:  eval \"\$(.venv/bin/modelsmith dev env)\"; kubectl get nodes"

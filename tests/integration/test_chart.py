@@ -106,6 +106,9 @@ def test_chart_installs_and_its_rbac_is_what_the_operator_needs(
 
     assert can("patch", "datapipelines.modelsmith.io/status")
     assert can("create", "jobs.batch")
+    assert can("create", "deployments.apps")
+    assert can("create", "roles.rbac.authorization.k8s.io")
+    assert not can("escalate", "roles.rbac.authorization.k8s.io")
     assert can("watch", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can("get", "secrets")
     assert not can("delete", "datapipelines.modelsmith.io")

@@ -352,6 +352,20 @@ def register(settings: Settings) -> None:
         except kopf.PermanentError:
             return  # the resource's own handler reported it
 
+    for upstream in ("pretrainjobs", "finetunes", "quantizejobs"):
+
+        @kopf.on.event(GROUP, VERSION, upstream)
+        def on_upstream(body: kopf.Body, type: str | None, **_: Any) -> None:
+            """A model an InferenceService waits for was published: serve it now.
+            (Argo CD applies a chain of manifests in no particular order.)"""
+            if type == "DELETED" or (body.get("status") or {}).get("phase") != "Succeeded":
+                return
+            namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+            for obj in k8s.list_custom(PLURAL, namespace):
+                ref = (obj.get("spec", {}).get("model") or {}).get("fromRef") or {}
+                if (ref.get("kind"), ref.get("name")) == (body["kind"], name):
+                    _reconcile_fresh(namespace, obj["metadata"]["name"], settings)
+
     @kopf.on.startup()
     async def start_clock(**_: Any) -> None:
         asyncio.get_running_loop().create_task(_clock(settings))
