@@ -72,6 +72,66 @@ def _run(args: argparse.Namespace) -> int:
     )
 
 
+def _configmap_ref(value: str) -> tuple[str, str]:
+    namespace, _, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME, not {value!r}")
+    return namespace, name
+
+
+def _router(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from modelsmith.router.server import Options, run
+
+    return run(
+        Options(
+            routes_file=Path(args.routes_file) if args.routes_file else None,
+            configmap=args.configmap,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            connect_timeout=args.connect_timeout,
+            read_timeout=args.read_timeout,
+            max_mirrors=args.max_mirrors,
+            drain_seconds=args.drain_seconds,
+        )
+    )
+
+
+def _add_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    router = sub.add_parser(
+        "router", help="the built-in traffic router in front of an InferenceService's revisions"
+    )
+    source = router.add_mutually_exclusive_group(required=True)
+    source.add_argument("--routes-file", metavar="PATH", help="read the route table from a file")
+    source.add_argument(
+        "--configmap",
+        metavar="NAMESPACE/NAME",
+        type=_configmap_ref,
+        help="watch the route table in this ConfigMap (key routes.json)",
+    )
+    router.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104
+    router.add_argument("--port", type=int, default=8080, help="the proxied port")
+    router.add_argument("--metrics-port", type=int, default=9090, help="serve /metrics here")
+    router.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="seconds to connect upstream (504)"
+    )
+    router.add_argument(
+        "--read-timeout",
+        type=float,
+        default=600.0,
+        help="seconds an upstream may stay silent, before its headers or between chunks (504)",
+    )
+    router.add_argument(
+        "--max-mirrors", type=int, default=256, help="mirrored copies in flight; more are dropped"
+    )
+    router.add_argument(
+        "--drain-seconds", type=float, default=25.0, help="on SIGTERM, time left to requests"
+    )
+    router.set_defaults(func=_router)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelsmith", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="regenerate crds/ and the chart's CRD templates")
     crds.add_argument("--check", action="store_true", help="fail if generated files drifted")
     crds.set_defaults(func=_crds)
+
+    _add_router(sub)
     return parser
 
 
