@@ -113,9 +113,11 @@ def test_router_backend_walks_the_canary_through_its_weights(
 
 def test_abort_annotation_rolls_back_and_is_removed(operator: KopfRunner, namespace: str) -> None:
     slow = FAST_CANARY | {"interval": "10m", "analysisInterval": "1m"}
-    _create(namespace, "chat", canary=slow)
+    _create(namespace, "chat", canary=slow, autoscaling={"maxReplicas": 3, "metric": "cpu"})
     wait_for(lambda: _status(namespace, "chat").get("phase") == "Ready", timeout=60, what="Ready")
     v1 = _status(namespace, "chat")["stableRevision"]
+    hpa = client.AutoscalingV2Api().read_namespaced_horizontal_pod_autoscaler(v1, namespace)
+    assert hpa.spec.scale_target_ref.name == v1 and hpa.spec.max_replicas == 3
     _patch(namespace, "chat", {"spec": {"model": {"uri": "file:///models/v2"}}})
     wait_for(
         lambda: _status(namespace, "chat").get("canaryWeight") == 20, timeout=60, what="canary 20%"
@@ -134,6 +136,8 @@ def test_abort_annotation_rolls_back_and_is_removed(operator: KopfRunner, namesp
     assert rolled["status"] == "True" and "Abort" in rolled["message"]
     canary = client.AppsV1Api().read_namespaced_deployment(v2, namespace)
     assert canary.spec.replicas == 0, "a rolled-back canary is scaled down"
+    hpas = client.AutoscalingV2Api().list_namespaced_horizontal_pod_autoscaler(namespace).items
+    assert [h.metadata.name for h in hpas] == [v1], "no autoscaler brings the canary back"
     annotations = _get(namespace, "chat")["metadata"].get("annotations") or {}
     assert "modelsmith.io/canary-decision" not in annotations
 

@@ -205,3 +205,63 @@ def test_httproute_splits_pins_and_mirrors() -> None:
         r["backendRefs"][0]["name"]: r["matches"][0]["headers"][0]["value"] for r in rules[:-1]
     }
     assert pinned == {"chat-a": "chat-a", "chat-b": "chat-b"}
+
+
+def _revision(**extra: Any) -> Any:
+    from modelsmith.builders.inference import Revision
+
+    spec = _spec(**extra)
+    return Revision(revision_name("chat", spec, "file:///models/v1"), spec, "file:///models/v1")
+
+
+def test_vllm_runtime_runs_vllms_openai_server_from_the_same_spec() -> None:
+    from modelsmith.builders.inference import desired_revision_deployment
+
+    rev = _revision(
+        runtime="vllm",
+        apiKeySecret={"name": "keys"},
+        batching={"maxBatchSize": 48},
+        resources={"gpus": 1},
+    )
+    deploy = desired_revision_deployment(OWNER, rev, Settings("reg", "t"), replicas=2)
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"].startswith("vllm/vllm-openai:")
+    assert "--model=/models/v1" in container["args"]
+    assert "--served-model-name=chat" in container["args"]
+    assert "--max-num-seqs=48" in container["args"]
+    key = next(e for e in container["env"] if e["name"] == "VLLM_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "keys", "key": "api-key"}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["volumes"] == [], "vLLM takes flags, not our task config"
+    assert deploy["spec"]["replicas"] == 2
+
+
+def test_builtin_runtime_mounts_its_task_config_and_api_key() -> None:
+    from modelsmith.builders.inference import desired_revision_deployment
+
+    rev = _revision(apiKeySecret={"name": "keys", "key": "k"})
+    deploy = desired_revision_deployment(OWNER, rev, Settings("reg", "t"), replicas=None)
+    assert "replicas" not in deploy["spec"], "an HPA owns the count"
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "reg/server:t" and container["args"][0] == "serve"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MODELSMITH_API_KEY_FILE"] == "/var/run/secrets/modelsmith.io/api-key/k"
+    assert {v["name"] for v in pod["volumes"]} == {"task-config", "api-key"}
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_hpa_on_cpu_or_on_requests_in_flight() -> None:
+    from modelsmith.api.inference import Autoscaling
+    from modelsmith.builders.inference import desired_hpa
+
+    cpu = desired_hpa(OWNER, "chat-a", Autoscaling(maxReplicas=4, metric="cpu"))
+    assert cpu["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    busy = desired_hpa(OWNER, "chat-a", Autoscaling(maxReplicas=4, targetConcurrency=6))
+    pods = busy["spec"]["metrics"][0]["pods"]
+    assert pods["metric"]["name"] == "vllm_num_requests_running"
+    assert pods["target"] == {"type": "AverageValue", "averageValue": "6"}
+    assert busy["spec"]["scaleTargetRef"]["name"] == "chat-a"
+    assert busy["spec"]["minReplicas"] == 1
