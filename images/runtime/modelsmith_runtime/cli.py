@@ -28,6 +28,7 @@ COMPONENTS = {
     "pretrain": "modelsmith_runtime.train.main",
     "finetune": "modelsmith_runtime.finetune.main",
     "quantize": "modelsmith_runtime.quantize.main",
+    "serve": "modelsmith_runtime.serve.main",
 }
 """Component -> module with `run(task_config: Path) -> Result`."""
 
