@@ -14,11 +14,11 @@ import logging
 from random import random
 from time import perf_counter
 
-from aiohttp import ClientError, ClientSession, web
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from modelsmith.router.table import LiveTable, Route, TableHolder
+from modelsmith.router.upstream import UpstreamError, UpstreamPool
 from modelsmith.routes import REVISION_HEADER
 
 log = logging.getLogger(__name__)
@@ -56,24 +56,25 @@ def error_response(status: int, message: str, revision: str | None = None) -> we
     return response
 
 
-def _dropped(headers: CIMultiDictProxy[str], base: frozenset[str]) -> frozenset[str]:
-    named = headers.get("Connection")
+def _dropped(named: list[str], base: frozenset[str]) -> frozenset[str]:
+    """``base`` and the headers a Connection header names as hop-by-hop."""
     if not named:
         return base
-    return base | {token.strip().lower() for token in named.split(",")}
+    return base | {token.strip().lower() for value in named for token in value.split(",")}
 
 
 def request_headers(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
-    drop = _dropped(headers, _DROP_REQUEST)
+    drop = _dropped(headers.getall("Connection", []), _DROP_REQUEST)
     return [(k, v) for k, v in headers.items() if k.lower() not in drop]
 
 
 def response_headers(
-    headers: CIMultiDictProxy[str], revision: str, keep_length: bool
+    headers: list[tuple[str, str]], revision: str, keep_length: bool
 ) -> CIMultiDict[str]:
-    drop = _dropped(headers, _DROP_RESPONSE if not keep_length else HOP_BY_HOP)
+    named = [v for k, v in headers if k.lower() == "connection"]
+    drop = _dropped(named, _DROP_RESPONSE if not keep_length else HOP_BY_HOP)
     out: CIMultiDict[str] = CIMultiDict()
-    for key, value in headers.items():
+    for key, value in headers:
         if key.lower() not in drop:
             out.add(key, value)
     out[REVISION_HEADER] = revision
@@ -81,11 +82,11 @@ def response_headers(
 
 
 class Proxy:
-    """The request handler; owns the upstream session and the in-flight mirror copies."""
+    """The request handler; owns the upstream pool and the in-flight mirror copies."""
 
-    def __init__(self, holder: TableHolder, session: ClientSession, max_mirrors: int) -> None:
+    def __init__(self, holder: TableHolder, pool: UpstreamPool, max_mirrors: int) -> None:
         self.holder = holder
-        self.session = session
+        self.pool = pool
         self.max_mirrors = max_mirrors
         self._mirrors: set[asyncio.Task[None]] = set()
 
@@ -136,14 +137,13 @@ class Proxy:
         series.in_flight.inc()
         code, first = 500, None
         response: web.StreamResponse | None = None
-        url = URL(route.base + request.raw_path, encoded=True)
+        method = request.method
         try:
-            async with self.session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False
-            ) as upstream:
+            upstream = await self.pool.send(route.base, method, request.raw_path, headers, body)
+            try:
                 code = upstream.status
-                length = upstream.content_length
-                if length is not None and length <= SMALL_BODY and request.method != "HEAD":
+                length = upstream.length
+                if length is not None and length <= SMALL_BODY and method != "HEAD":
                     data = await upstream.read()
                     first = perf_counter() if data else None
                     out = response_headers(upstream.headers, route.name, keep_length=False)
@@ -152,7 +152,7 @@ class Proxy:
                 response = web.StreamResponse(status=code, reason=upstream.reason, headers=out)
                 try:
                     await response.prepare(request)
-                    async for chunk in upstream.content.iter_any():  # upstream: ClientError
+                    async for chunk in upstream.chunks():  # upstream: UpstreamError
                         if first is None:
                             first = perf_counter()
                         await response.write(chunk)
@@ -160,12 +160,14 @@ class Proxy:
                 except ConnectionError:  # only writes to the client raise these
                     code = CLIENT_CLOSED
                 return response
+            finally:
+                upstream.release()
         except TimeoutError as exc:
             code = 504
             return self._failed(
                 request, response=response, route=route, code=code, what="timed out", exc=exc
             )
-        except (ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             code = 502
             return self._failed(
                 request, response=response, route=route, code=code, what="failed", exc=exc
@@ -207,8 +209,7 @@ class Proxy:
             if live.mirror_dropped is not None:
                 live.mirror_dropped.inc()
             return
-        url = URL(route.base + request.raw_path, encoded=True)
-        copy = self._shadow(route, request.method, url, headers, body)
+        copy = self._shadow(route, request.method, request.raw_path, headers, body)
         task = asyncio.get_running_loop().create_task(copy)
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
@@ -217,7 +218,7 @@ class Proxy:
         self,
         route: Route,
         method: str,
-        url: URL,
+        target: str,
         headers: list[tuple[str, str]],
         body: bytes | None,
     ) -> None:
@@ -226,16 +227,17 @@ class Proxy:
         series.in_flight.inc()
         started, code, first = perf_counter(), 500, None
         try:
-            async with self.session.request(
-                method, url, headers=headers, data=body, allow_redirects=False
-            ) as upstream:
+            upstream = await self.pool.send(route.base, method, target, headers, body)
+            try:
                 code = upstream.status
-                async for _chunk in upstream.content.iter_any():
+                async for _chunk in upstream.chunks():
                     if first is None:
                         first = perf_counter()
+            finally:
+                upstream.release()
         except TimeoutError:
             code = 504
-        except (ClientError, OSError):
+        except (UpstreamError, OSError):
             code = 502
         except asyncio.CancelledError:
             code = CLIENT_CLOSED

@@ -1,4 +1,4 @@
-"""`modelsmith router`: the two listeners, the upstream session, and an orderly stop.
+"""`modelsmith router`: the two listeners, the upstream pool, and an orderly stop.
 
 The main port proxies every path except `/-/…` (the router's own health and table).
 /metrics is served on a port of its own, because the model servers behind the router
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, web
+from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
@@ -28,6 +28,7 @@ from modelsmith.router.metrics import RouterMetrics
 from modelsmith.router.proxy import Proxy, error_response
 from modelsmith.router.sources import ConfigMapSource, watch_file
 from modelsmith.router.table import TableHolder
+from modelsmith.router.upstream import UpstreamPool
 
 log = logging.getLogger("modelsmith.router")
 
@@ -117,19 +118,13 @@ async def serve(options: Options) -> None:
     metrics = RouterMetrics()
     holder = TableHolder(metrics, options.source)
     async with contextlib.AsyncExitStack() as stack:
-        session = ClientSession(
-            connector=TCPConnector(
-                limit=options.max_connections, ttl_dns_cache=10, keepalive_timeout=30
-            ),
-            timeout=ClientTimeout(
-                total=None, sock_connect=options.connect_timeout, sock_read=options.read_timeout
-            ),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-            cookie_jar=DummyCookieJar(),  # never replay one client's cookies to another
+        pool = UpstreamPool(
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            max_connections=options.max_connections,
         )
-        stack.push_async_callback(session.close)
-        proxy = Proxy(holder, session, options.max_mirrors)
+        stack.callback(pool.close)
+        proxy = Proxy(holder, pool, options.max_mirrors)
         stack.push_async_callback(proxy.close)
         listeners = (  # unwound in reverse: the proxy drains while /metrics still answers
             (metrics_handler(metrics, holder), options.metrics_port, 1024, 1.0),
