@@ -264,6 +264,11 @@ def _conditions(
     return status.model_copy(update={"conditions": conds, "phase": phase})
 
 
+RESYNC_S = 5.0
+"""An active rollout is reconciled at least this often, events or not: a missed
+readiness event then delays a step by seconds, not until the next analysis."""
+
+
 def next_wake(
     status: InferenceServiceStatus, spec: InferenceServiceSpec, now: datetime
 ) -> float | None:
@@ -272,7 +277,7 @@ def next_wake(
     if canary is None or status.canary_revision is None:
         return None
     if spec.canary is None:
-        return 5.0
+        return RESYNC_S
     policy = Policy.from_spec(spec.canary)
     due = (canary.last_analysis or canary.step_started) + policy.every
-    return max((due - now).total_seconds(), 0.5)
+    return min(max((due - now).total_seconds(), 0.5), RESYNC_S)

@@ -330,10 +330,21 @@ def register(settings: Settings) -> None:
     @kopf.on.resume(*resource)
     @kopf.on.create(*resource)
     @kopf.on.update(*resource, field="spec")
-    @kopf.on.update(*resource, field=("metadata", "annotations", DECISION_ANNOTATION))
     def on_change(body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         _reconcile_fresh(meta["namespace"], meta["name"], settings)
+
+    @kopf.on.event(*resource, annotations={DECISION_ANNOTATION: kopf.PRESENT})
+    def on_decision(body: kopf.Body, type: str | None, **_: Any) -> None:
+        """A manual Promote/Abort. An event handler, not on.update: kopf leaves
+        annotations under its own storage prefix (modelsmith.io/) out of the diffs it
+        compares, so an update handler would never see this one change."""
+        if type != "DELETED":
+            meta = body["metadata"]
+            try:
+                _reconcile_fresh(meta["namespace"], meta["name"], settings)
+            except kopf.PermanentError:
+                return
 
     @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/component": "server"})
     def on_deployment(body: kopf.Body, type: str | None, **_: Any) -> None:
