@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -41,17 +40,11 @@ from modelsmith.canary.decision import TERMINAL, Policy, resolve_query
 from modelsmith.canary.rollout import Inputs, Plan, plan
 from modelsmith.devcluster import prometheus
 from modelsmith.routes import Mirror, RevisionRoute, RouteTable
+from tests.workloads.serving import free_port
 
 NAMESPACE, SERVICE = "ml", "chat"
 STABLE, CANARY = "chat-stable", "chat-canary"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
