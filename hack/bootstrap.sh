@@ -13,6 +13,16 @@ fi
 stamp=.venv/.modelsmith-deps
 want=$(cat pyproject.toml images/runtime/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # The install below needs ~7 GiB in .venv plus pip's downloads. Out of space, pip dies
+  # half-way with a bare ENOSPC and leaves a broken venv; say so up front instead.
+  need_kib=$((8 * 1024 * 1024))
+  free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+  if [ "$free_kib" -lt "$need_kib" ] && ! compgen -G ".venv/lib/python3*/site-packages/torch" >/dev/null; then
+    echo "bootstrap: $((free_kib / 1024)) MiB free on the filesystem of $PWD;" \
+      "installing the runtime (torch with its CUDA wheels) needs about 8 GiB." \
+      "Remove old clones' .venv directories or ~/.cache/pip, then run again." >&2
+    exit 1
+  fi
   .venv/bin/python -m pip install --quiet --upgrade pip "setuptools>=77" wheel
   # The workload runtime with every extra: torch is PyPI's CUDA build (about 3 GB with
   # its nvidia-* wheels; it runs on the CPU here). pip's cache keeps it for next time.
