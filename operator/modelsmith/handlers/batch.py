@@ -17,7 +17,7 @@ from typing import Any, NoReturn, cast
 import kopf
 from pydantic import ValidationError
 
-from modelsmith import k8s
+from modelsmith import k8s, metrics
 from modelsmith.api.common import BatchStatus, Phase
 from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
 from modelsmith.batchkinds import BATCH_KINDS, PLURALS, BatchKind, batch_owner
@@ -33,7 +33,6 @@ from modelsmith.builders.batch import (
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.jobstatus import PodReport, compute_status, summarize_pods, waiting_status
-from modelsmith.metrics import RECONCILE_SECONDS, RECONCILES
 from modelsmith.refs import Resolution, resolve
 from modelsmith.validation import semantic_errors
 
@@ -261,16 +260,11 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
 
 
 def _measured(kind: BatchKind, body: kopf.Body, settings: Settings) -> None:
-    outcome = "error"
-    with RECONCILE_SECONDS.labels(kind.info.kind).time():
-        try:
+    try:
+        with metrics.reconcile_observed(kind.info.kind, stale=(StaleReadError,)):
             reconcile(kind, body, settings)
-            outcome = "ok"
-        except StaleReadError as exc:
-            outcome = "stale"
-            raise kopf.TemporaryError(str(exc), delay=0.5) from exc
-        finally:
-            RECONCILES.labels(kind.info.kind, outcome).inc()
+    except StaleReadError as exc:
+        raise kopf.TemporaryError(str(exc), delay=0.5) from exc
 
 
 def register(kind: BatchKind, settings: Settings) -> None:
@@ -290,9 +284,13 @@ def register(kind: BatchKind, settings: Settings) -> None:
         """When this resource finishes, wake the resources that wait for it."""
         phase = body.get("status", {}).get("phase")
         if type == "DELETED":
+            metrics.forget_resource(body["metadata"]["uid"])
             _APPLIED.pop(body["metadata"]["uid"], None)
             _FINISHED_SEEN.pop(body["metadata"]["uid"], None)
             return
+        metrics.observe_phase(
+            kind.info.kind, body["metadata"]["namespace"], body["metadata"]["uid"], phase
+        )
         if phase not in (Phase.SUCCEEDED, Phase.FAILED):
             return
         if _FINISHED_SEEN.get(body["metadata"]["uid"]) == phase:

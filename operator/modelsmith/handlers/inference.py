@@ -20,7 +20,7 @@ from typing import Any, NoReturn, cast
 import kopf
 from pydantic import ValidationError
 
-from modelsmith import k8s
+from modelsmith import k8s, metrics
 from modelsmith.api.inference import (
     INFERENCESERVICE,
     Backend,
@@ -52,7 +52,6 @@ from modelsmith.canary.rollout import Inputs, Plan, next_wake, plan
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.contract import TASK_CONFIG_KEY, TaskConfig
-from modelsmith.metrics import RECONCILE_SECONDS, RECONCILES
 from modelsmith.refs import resolve
 
 log = logging.getLogger(__name__)
@@ -256,6 +255,7 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
     # here, before it could push an older split to the router.
     url = _url(owner, spec)
     _write_status(body, old, result.status.model_copy(update={"url": url}))
+    metrics.observe_canary(owner.namespace, owner.name, current.canary, result.status.canary, now)
     for revision in [] if kserve else result.live:
         rev = desired if revision == desired.name else _snapshot(owner, revision)
         if rev is not None:
@@ -277,17 +277,12 @@ _WAKE: dict[tuple[str, str], float] = {}
 
 
 def _measured(body: kopf.Body, settings: Settings) -> None:
-    outcome = "error"
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
-    with RECONCILE_SECONDS.labels(KIND).time():
-        try:
+    try:
+        with metrics.reconcile_observed(KIND, stale=(StaleReadError,)):
             wake = reconcile(body, settings)
-            outcome = "ok"
-        except StaleReadError as exc:
-            outcome = "stale"
-            raise kopf.TemporaryError(str(exc), delay=0.5) from exc
-        finally:
-            RECONCILES.labels(KIND, outcome).inc()
+    except StaleReadError as exc:
+        raise kopf.TemporaryError(str(exc), delay=0.5) from exc
     if wake is None:
         _WAKE.pop(key, None)
     else:
@@ -313,6 +308,7 @@ def _reconcile_fresh(namespace: str, name: str, settings: Settings) -> None:
             if obj is None:
                 _WAKE.pop((namespace, name), None)
                 _LOCKS.pop((namespace, name), None)
+                metrics.forget_canary(namespace, name)
                 return
             try:
                 _measured(kopf.Body(cast(kopf.RawBody, obj)), settings)
@@ -333,6 +329,17 @@ def register(settings: Settings) -> None:
     def on_change(body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         _reconcile_fresh(meta["namespace"], meta["name"], settings)
+
+    @kopf.on.event(*resource)
+    def on_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        """Metrics from the status as stored, whoever wrote it; a delete removes them."""
+        meta, status = body["metadata"], body.get("status") or {}
+        if type == "DELETED":
+            metrics.forget_resource(meta["uid"])
+            metrics.forget_canary(meta["namespace"], meta["name"])
+            return
+        metrics.observe_phase(KIND, meta["namespace"], meta["uid"], status.get("phase"))
+        metrics.set_canary_weight(meta["namespace"], meta["name"], status.get("canaryWeight"))
 
     @kopf.on.event(*resource, annotations={DECISION_ANNOTATION: kopf.PRESENT})
     def on_decision(body: kopf.Body, type: str | None, **_: Any) -> None:
