@@ -1,4 +1,4 @@
-"""Argo CD health checks (argocd/resource_customizations).
+"""Argo CD health checks (argocd/resource_customizations) and the argocd-cm generator.
 
 The Lua runs in a real Lua 5.1 (lupa), the language version of Argo CD's gopher-lua,
 with only the libraries Argo CD opens for custom checks (base, table, package, a safe
@@ -18,6 +18,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelsmith import argocd
 from modelsmith.api import INFERENCESERVICE, KINDS
 from modelsmith.api.common import BatchStatus, Phase
 from modelsmith.api.inference import (
@@ -422,3 +423,33 @@ def test_a_status_for_an_older_generation_is_progressing() -> None:
         "Progressing",
         "Waiting for the operator to observe generation 2",
     )
+
+
+# The argocd-cm generator. -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("helm_values", [False, True])
+def test_argocd_cm_holds_each_kinds_script_verbatim(helm_values: bool) -> None:
+    rendered = yaml.safe_load(argocd.render(helm_values=helm_values))
+    data = rendered["configs"]["cm"] if helm_values else rendered["data"]
+    assert set(rendered) == ({"configs"} if helm_values else {"data"})
+    assert data == {
+        f"resource.customizations.health.modelsmith.io_{info.kind}": (
+            CHECKS / info.kind / "health.lua"
+        ).read_text()
+        for info in KINDS
+    }
+
+
+def test_argocd_cm_command_prints_the_patch(capsys: pytest.CaptureFixture[str]) -> None:
+    assert argocd.main([]) == 0
+    assert capsys.readouterr().out == argocd.render()
+
+
+def test_argocd_cm_refuses_a_folder_missing_a_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "DataPipeline").mkdir()
+    (tmp_path / "DataPipeline" / "health.lua").write_text("return {}\n")
+    assert argocd.main(["--dir", str(tmp_path)]) == 1
+    assert "no health.lua for PretrainJob, FineTune" in capsys.readouterr().err
