@@ -1,4 +1,5 @@
-"""Argo CD health checks (argocd/resource_customizations) and the argocd-cm generator.
+"""Argo CD health checks (argocd/resource_customizations), the argocd-cm generator, and
+the example Applications.
 
 The Lua runs in a real Lua 5.1 (lupa), the language version of Argo CD's gopher-lua,
 with only the libraries Argo CD opens for custom checks (base, table, package, a safe
@@ -35,6 +36,7 @@ from modelsmith.canary.rollout import Inputs, plan
 from modelsmith.conditions import Reason, get_condition
 from modelsmith.contract import ErrorInfo
 from modelsmith.jobstatus import PodReport, compute_status, waiting_status
+from modelsmith.validation import semantic_errors
 
 lupa = pytest.importorskip("lupa.lua51")
 
@@ -453,3 +455,83 @@ def test_argocd_cm_refuses_a_folder_missing_a_kind(
     (tmp_path / "DataPipeline" / "health.lua").write_text("return {}\n")
     assert argocd.main(["--dir", str(tmp_path)]) == 1
     assert "no health.lua for PretrainJob, FineTune" in capsys.readouterr().err
+
+
+# The example Applications and the chain they sync. ---------------------------------
+
+WAVE = "argocd.argoproj.io/sync-wave"
+
+
+def _chain() -> dict[tuple[str, str], dict[str, Any]]:
+    docs = [
+        doc
+        for path in sorted((ARGOCD / "chain").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+    ]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def _refs(node: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        ref = node.get("fromRef")
+        if isinstance(ref, dict):
+            yield ref["kind"], ref["name"]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def test_the_chain_holds_each_kind_once_in_wave_order() -> None:
+    waves = {kind: int(d["metadata"]["annotations"][WAVE]) for (kind, _), d in _chain().items()}
+    assert waves == {
+        "DataPipeline": 0,
+        "PretrainJob": 1,
+        "FineTune": 2,
+        "QuantizeJob": 3,
+        "InferenceService": 4,
+    }
+
+
+def test_every_reference_points_at_an_earlier_wave_of_the_chain() -> None:
+    chain = _chain()
+    references = 0
+    for doc in chain.values():
+        for target in _refs(doc["spec"]):
+            assert target in chain, f"{doc['kind']} refers to {target}, not in the chain"
+            upstream = chain[target]["metadata"]["annotations"][WAVE]
+            assert int(upstream) < int(doc["metadata"]["annotations"][WAVE])
+            references += 1
+    assert references == 4
+
+
+def test_the_chain_is_valid_and_is_the_samples_chain() -> None:
+    samples = {
+        (d["kind"], d["metadata"]["name"]): d
+        for name in ("datapipeline.yaml", "chain.yaml", "inferenceservice.yaml")
+        for d in yaml.safe_load_all((ROOT / "samples" / name).read_text())
+    }
+    infos = {info.kind: info for info in KINDS}
+    batch = {k.info.kind: k for k in BATCH_KINDS}
+    for key, doc in _chain().items():
+        assert doc["apiVersion"] == "modelsmith.io/v1alpha1"
+        assert doc["spec"] == samples[key]["spec"], f"{key} drifted from samples/"
+        infos[doc["kind"]].spec.model_validate(doc["spec"])
+        if doc["kind"] in batch:
+            kind = batch[doc["kind"]]
+            spec = kind.parse(doc["spec"])
+            assert semantic_errors(kind, doc["metadata"]["name"], spec) == []
+
+
+def test_the_applications_point_at_the_chart_and_the_chain() -> None:
+    apps = {p.stem: yaml.safe_load(p.read_text()) for p in (ARGOCD / "applications").glob("*.yaml")}
+    assert set(apps) == {"modelsmith-operator", "model-chain"}
+    for app in apps.values():
+        assert (app["apiVersion"], app["kind"]) == ("argoproj.io/v1alpha1", "Application")
+        assert app["metadata"]["namespace"] == "argocd"
+        assert (ROOT / app["spec"]["source"]["path"]).is_dir()
+    operator = apps["modelsmith-operator"]["spec"]
+    assert operator["source"]["path"] == "charts/modelsmith"
+    assert "ServerSideApply=true" in operator["syncPolicy"]["syncOptions"]
+    assert apps["model-chain"]["spec"]["source"]["path"] == "argocd/chain"
