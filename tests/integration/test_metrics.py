@@ -44,8 +44,8 @@ def _scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
-def _sample(scraped: dict[Any, float], name: str, **labels: str) -> float | None:
-    return scraped.get((name, frozenset(labels.items())))
+def _sample(scraped: dict[Any, float], metric: str, /, **labels: str) -> float | None:
+    return scraped.get((metric, frozenset(labels.items())))
 
 
 def _phase(namespace: str, name: str) -> str | None:
@@ -99,4 +99,76 @@ def test_reconciles_and_resources_by_phase_show_on_the_metrics_endpoint(
         ),
         timeout=30,
         what="no modelsmith_resources series for the deleted pipeline's namespace",
+    )
+
+
+def _serving(namespace: str) -> dict[str, Any]:
+    obj: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(
+        *GROUP_ARGS, namespace, "inferenceservices", "chat"
+    )
+    status: dict[str, Any] = obj.get("status") or {}
+    return status
+
+
+def test_canary_weight_and_outcome_show_on_the_metrics_endpoint(
+    operator: KopfRunner, namespace: str, metrics_url: str
+) -> None:
+    api = client.CustomObjectsApi()
+    canary = {
+        "steps": [20, 60],
+        "maxWeight": 60,
+        "interval": "10m",
+        "analysisInterval": "1m",
+        "metrics": [],
+    }
+    body = {
+        "apiVersion": "modelsmith.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "chat"},
+        "spec": {
+            "model": {"uri": "file:///models/v1"},
+            "resources": {"cpu": "100m"},
+            "canary": canary,
+        },
+    }
+    api.create_namespaced_custom_object(*GROUP_ARGS, namespace, "inferenceservices", body)
+    wait_for(lambda: _serving(namespace).get("phase") == "Ready", timeout=60, what="Ready")
+    patch = {"spec": {"model": {"uri": "file:///models/v2"}}}
+    api.patch_namespaced_custom_object(*GROUP_ARGS, namespace, "inferenceservices", "chat", patch)
+    wait_for(lambda: _serving(namespace).get("canaryWeight") == 20, timeout=60, what="canary 20%")
+
+    chat = {"namespace": namespace, "name": "chat"}
+    serving = {"kind": "InferenceService", "namespace": namespace}
+
+    def shows(metric: str, value: float, /, **labels: str) -> bool:
+        return _sample(_scrape(metrics_url), metric, **labels) == value
+
+    wait_for(lambda: shows("modelsmith_canary_weight", 20, **chat), timeout=30, what="weight 20")
+    wait_for(
+        lambda: shows("modelsmith_resources", 1, **serving, phase="Progressing"),
+        timeout=30,
+        what="one InferenceService Progressing",
+    )
+
+    abort = {"metadata": {"annotations": {"modelsmith.io/canary-decision": "Abort"}}}
+    api.patch_namespaced_custom_object(*GROUP_ARGS, namespace, "inferenceservices", "chat", abort)
+    wait_for(lambda: _serving(namespace).get("phase") == "Degraded", timeout=30, what="rollback")
+    wait_for(lambda: shows("modelsmith_canary_weight", 0, **chat), timeout=30, what="weight 0")
+    scraped = _scrape(metrics_url)
+    assert _sample(scraped, "modelsmith_canary_outcomes_total", **chat, outcome="rolled_back") == 1
+    assert _sample(scraped, "modelsmith_canary_outcomes_total", **chat, outcome="promoted") is None
+    assert _sample(scraped, "modelsmith_resources", **serving, phase="Degraded") == 1
+    assert _sample(scraped, "modelsmith_resources", **serving, phase="Progressing") is None
+
+    api.delete_namespaced_custom_object(*GROUP_ARGS, namespace, "inferenceservices", "chat")
+    wait_for(
+        lambda: (
+            not any(
+                ("namespace", namespace) in labels
+                for name, labels in _scrape(metrics_url)
+                if name.startswith(("modelsmith_canary_", "modelsmith_resources"))
+            )
+        ),
+        timeout=30,
+        what="no canary or resources series left for the deleted InferenceService",
     )
