@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -31,3 +32,11 @@ def kubectl_apply(
 ) -> subprocess.CompletedProcess[str]:
     """`kubectl apply` of one manifest, as a user would; the caller judges the outcome."""
     return cluster.run_kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(doc))
+
+
+def free_port() -> int:
+    """A loopback port free right now (another process may still take it: bind soon)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -8,7 +8,6 @@ its own, deleted afterwards, so tests cannot see each other's objects.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,20 +19,14 @@ from kubernetes import client, config
 from modelsmith import crdgen
 from modelsmith.api import KINDS
 from modelsmith.devcluster.cluster import DevCluster
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # Every in-process operator of this session serves progress reports here (the handlers
 # are registered once per process, at the first import of modelsmith.kopf_entry).
-_STATUS_PORT = _free_port()
+_STATUS_PORT = free_port()
 os.environ.setdefault("MODELSMITH_STATUS_PORT", str(_STATUS_PORT))
 os.environ.setdefault("MODELSMITH_STATUS_HOST", "127.0.0.1")
 os.environ.setdefault("MODELSMITH_STATUS_URL", f"http://127.0.0.1:{_STATUS_PORT}")
@@ -55,6 +48,8 @@ def crds(dev_cluster: DevCluster) -> list[str]:
     """Our CRDs, installed from the models (as `kubectl apply -f crds/` would) and Established."""
     for info in KINDS:
         dev_cluster.kubectl("apply", "--server-side", "-f", "-", stdin=crdgen.render(info))
+    for kind in crdgen.PEERING_KINDS:  # replicas of the operator peer through these
+        dev_cluster.kubectl("apply", "--server-side", "-f", "-", stdin=crdgen.render_peering(kind))
     names = [info.crd_name for info in KINDS]
     dev_cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s", *[f"crd/{n}" for n in names]

@@ -29,6 +29,7 @@ from modelsmith.canary import promql
 from modelsmith.canary.decision import resolve_query
 from modelsmith.devcluster import prometheus
 from modelsmith.routes import REVISION_HEADER, ROUTES_KEY, RouteTable
+from tests.helpers import free_port
 from tests.integration.upstreams import sse_chunks
 
 pytestmark = pytest.mark.integration
@@ -38,13 +39,6 @@ MODELSMITH = Path(sys.executable).parent / "modelsmith"
 SIGMAS = 5.0
 READ_TIMEOUT = 2.0
 """The test router's --read-timeout: long enough for any answer here but /slow?delay=3."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def within(count: int, total: int, percent: float) -> bool:

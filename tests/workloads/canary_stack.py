@@ -40,7 +40,7 @@ from modelsmith.canary.decision import TERMINAL, Policy, resolve_query
 from modelsmith.canary.rollout import Inputs, Plan, plan
 from modelsmith.devcluster import prometheus
 from modelsmith.routes import Mirror, RevisionRoute, RouteTable
-from tests.workloads.serving import free_port
+from tests.helpers import free_port
 
 NAMESPACE, SERVICE = "ml", "chat"
 STABLE, CANARY = "chat-stable", "chat-canary"

@@ -4,7 +4,6 @@ as Prometheus and the operator's status server would."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -15,17 +14,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import free_port
+
 from .conftest import Run, run_component
 
 LINGER_S = 2.0
 """How long a run keeps its metrics endpoint up at the end, so the last scrape sees
 the final counts (MODELSMITH_METRICS_LINGER_S)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -77,7 +72,7 @@ def run_observed(
     component: str, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
 ) -> Observed:
     """run_component, scraping /metrics every 0.2 s and receiving progress meanwhile."""
-    port = _free_port()
+    port = free_port()
     status = StatusEndpoint()
     token = workdir / "token"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,15 +34,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelsmith.contract import TASK_API_VERSION, Result, parse_result
+from tests.helpers import free_port
 
 READY_TIMEOUT_S = 180.0
 POLL_S = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def serve_config(

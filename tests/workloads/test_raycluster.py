@@ -10,19 +10,12 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
+from tests.helpers import free_port
 
 HEAD = """
 import json, time
@@ -54,7 +47,7 @@ def _pod_env(nodes: int) -> dict[str, str]:
     return {
         **os.environ,
         "MODELSMITH_RAY_HEAD": "127.0.0.1",
-        "MODELSMITH_RAY_PORT": str(_free_port()),
+        "MODELSMITH_RAY_PORT": str(free_port()),
         "MODELSMITH_WORKERS": str(nodes),
         "MODELSMITH_RAY_JOIN_TIMEOUT": "120",
         "RAY_AUTH_MODE": "token",
