@@ -59,16 +59,21 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from modelsmith.runner import run
+    from modelsmith.runner import RunOptions, run
 
     # Read by the handler registration (also under `kopf run -m modelsmith.kopf_entry`).
     os.environ["MODELSMITH_STATUS_PORT"] = str(args.status_port)
 
     return run(
-        namespaces=args.namespace,
-        all_namespaces=args.all_namespaces,
-        metrics_port=args.metrics_port,
-        log_format=args.log_format,
+        RunOptions(
+            namespaces=args.namespace,
+            all_namespaces=args.all_namespaces,
+            metrics_port=args.metrics_port,
+            health_port=args.health_port,
+            log_format=args.log_format,
+            peering=args.peering,
+            priority=args.priority,
+        )
     )
 
 
@@ -154,6 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--log-format", choices=["json", "text"], default="json", help="structured or plain logs"
+    )
+    run.add_argument(
+        "--health-port",
+        type=int,
+        default=0,
+        help="serve kopf's liveness probe at /healthz (0: off)",
+    )
+    run.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="join the kopf peering object NAME so that, of several replicas, only one acts "
+        "(default: standalone, no peering)",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority; the highest acts (default: random, as equal ones freeze all)",
     )
     run.set_defaults(func=_run)
 

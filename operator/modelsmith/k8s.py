@@ -133,6 +133,26 @@ def create_if_absent(obj: dict[str, Any]) -> None:
             raise
 
 
+def ensure_peering(name: str, namespaces: list[str]) -> None:
+    """Create kopf's peering object(s) unless they exist: one ClusterKopfPeering for a
+    cluster-wide operator, a KopfPeering per namespace otherwise.
+
+    kopf with a named peering refuses to start without its object; creating it here
+    rather than in the chart avoids a chart whose custom resources need CRDs that the
+    same release is only now installing.
+    """
+    base = "/apis/kopf.dev/v1"
+    paths = [f"{base}/namespaces/{ns}/kopfpeerings" for ns in namespaces]
+    kind = "KopfPeering" if namespaces else "ClusterKopfPeering"
+    for path in paths or [f"{base}/clusterkopfpeerings"]:
+        body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
+        try:
+            _call("POST", path, body=body, query=[("fieldManager", FIELD_MANAGER)])
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+
+
 def get(
     api_version: str, kind: str, namespace: str, name: str, plural: str | None = None
 ) -> dict[str, Any] | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -67,17 +69,50 @@ def register_all() -> None:
     inference.register(app_settings)
 
 
-def run(namespaces: list[str], all_namespaces: bool, metrics_port: int, log_format: str) -> int:
+@dataclass(frozen=True)
+class RunOptions:
+    """How one operator process joins the cluster.
+
+    With ``peering`` set, replicas of the operator find each other through kopf's
+    peering object and only the one with the highest priority acts; the others pause
+    until it goes away. Equal priorities freeze every replica (kopf's rule), so a
+    replica with no explicit priority draws a random one.
+    """
+
+    namespaces: list[str] = field(default_factory=list)
+    all_namespaces: bool = False
+    metrics_port: int = 8080
+    health_port: int = 0
+    log_format: str = "json"
+    peering: str | None = None
+    priority: int | None = None
+
+
+def peer_priority(explicit: int | None) -> int:
+    """The explicit priority, or a random one: ties among replicas freeze them all."""
+    if explicit is not None:
+        return explicit
+    return secrets.randbelow(2**31 - 1) + 1
+
+
+def run(options: RunOptions) -> int:
     kopf.configure(
         verbose=False,
-        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+        log_format=kopf.LogFormat.JSON if options.log_format == "json" else kopf.LogFormat.FULL,
     )
-    metrics.serve(metrics_port)
+    metrics.serve(options.metrics_port)
     import modelsmith.kopf_entry  # noqa: F401  (registers the handlers)
 
+    if options.peering:
+        k8s.load_config()
+        k8s.ensure_peering(options.peering, [] if options.all_namespaces else options.namespaces)
+    health = f"http://0.0.0.0:{options.health_port}/healthz" if options.health_port else None
     kopf.run(
-        standalone=True,
-        clusterwide=all_namespaces or not namespaces,
-        namespaces=namespaces,
+        standalone=options.peering is None,
+        peering_name=options.peering,
+        priority=peer_priority(options.priority) if options.peering else None,
+        liveness_endpoint=health,
+        clusterwide=options.all_namespaces or not options.namespaces,
+        namespaces=options.namespaces,
     )
     return 0
