@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from modelsmith import k8s
+from modelsmith.api import KINDS
 from modelsmith.devcluster import tools
 from modelsmith.devcluster.cluster import DevCluster
 
@@ -62,17 +64,19 @@ def test_watch_namespaces_become_operator_flags(dev_cluster: DevCluster) -> None
         "--namespace=research",
         "--metrics-port=8080",
         "--status-port=8081",
+        "--health-port=8082",
+        "--log-format=json",
+        "--peering=ms-modelsmith",
     ]
-    env = {
-        e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MODELSMITH_STATUS_URL"].endswith(".svc:8081")
 
 
 def test_values_schema_rejects_unknown_keys(dev_cluster: DevCluster) -> None:
-    proc = helm(dev_cluster, "template", "ms", str(CHART), "--set", "replicas=3", check=False)
+    proc = helm(dev_cluster, "template", "ms", str(CHART), "--set", "replica=3", check=False)
     assert proc.returncode != 0
-    assert "replicas" in proc.stderr
+    assert "replica" in proc.stderr
 
 
 def test_chart_installs_and_its_rbac_is_what_the_operator_needs(
@@ -113,3 +117,99 @@ def test_chart_installs_and_its_rbac_is_what_the_operator_needs(
     assert not can("get", "secrets")
     assert not can("delete", "datapipelines.modelsmith.io")
     helm(dev_cluster, "uninstall", "ms", "--namespace", namespace, "--wait")
+
+
+def _kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in docs if d["kind"] != "CustomResourceDefinition"}
+
+
+def test_default_render_is_peered_budgeted_and_restricted(dev_cluster: DevCluster) -> None:
+    kinds = _kinds(_render(dev_cluster))
+    assert "NetworkPolicy" not in kinds and "ServiceMonitor" not in kinds
+    assert kinds["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--peering=ms-modelsmith" in container["args"]
+    assert kinds["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # noqa: S108 (the mount path, not a file)
+
+
+def test_standalone_render_never_runs_two_operators(dev_cluster: DevCluster) -> None:
+    kinds = _kinds(_render(dev_cluster, "peering.enabled=false"))
+    deploy = kinds["Deployment"]
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert not any(
+        a.startswith("--peering")
+        for a in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    assert not any("kopf.dev" in r["apiGroups"] for r in kinds["ClusterRole"]["rules"])
+
+
+@pytest.mark.parametrize(
+    ("sets", "complaint"),
+    [
+        (("peering.enabled=false", "replicas=2"), "replicas"),
+        (("replicas=two",), "replicas"),
+        (("logFormat=xml",), "logFormat"),
+        (("metrics.serviceMonitor.interval=often",), "interval"),
+        (("podDisruptionBudget.maxUnavailable=half",), "maxUnavailable"),
+    ],
+)
+def test_values_schema_rejects_wrong_values(
+    dev_cluster: DevCluster, sets: tuple[str, ...], complaint: str
+) -> None:
+    argv = ["template", "ms", str(CHART)]
+    for item in sets:
+        argv += ["--set", item]
+    proc = helm(dev_cluster, *argv, check=False)
+    assert proc.returncode != 0, sets
+    assert complaint in proc.stderr
+
+
+def test_network_policy_and_service_monitor_when_asked(dev_cluster: DevCluster) -> None:
+    kinds = _kinds(
+        _render(
+            dev_cluster,
+            "networkPolicy.enabled=true",
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.labels.release=kube-prometheus",
+        )
+    )
+    policy = kinds["NetworkPolicy"]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    ports = [rule["ports"][0]["port"] for rule in policy["ingress"]]
+    assert ports == ["status", "health", "metrics"]
+    reporters = policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert reporters == {"app.kubernetes.io/managed-by": "modelsmith"}
+    monitor = kinds["ServiceMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    service_ports = {p["name"] for p in kinds["Service"]["spec"]["ports"]}
+    assert {"metrics", "status", "health"} <= service_ports
+
+
+def test_cluster_role_names_every_resource_the_operator_touches(dev_cluster: DevCluster) -> None:
+    """No wildcards, and nothing the operator's API client can call left out."""
+    rules = _kinds(_render(dev_cluster))["ClusterRole"]["rules"]
+    for rule in rules:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
+    granted = {
+        (group, resource)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    for (api_version, _kind), plural in k8s._PLURALS.items():
+        group = api_version.rpartition("/")[0]
+        assert (group, plural) in granted, f"{api_version} {plural}: not in the ClusterRole"
+    for info in KINDS:
+        assert ("modelsmith.io", info.plural) in granted
+        assert ("modelsmith.io", f"{info.plural}/status") in granted

@@ -22,3 +22,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "modelsmith.serviceAccountName" -}}
 {{- default (include "modelsmith.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{- /* The helm test's pod: its own name label, so no selector of the operator's matches it. */ -}}
+{{- define "modelsmith.testLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
