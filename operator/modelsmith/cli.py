@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--check", action="store_true", help="fail if generated files drifted")
     crds.set_defaults(func=_crds)
 
+    from modelsmith import argocd  # the health checks' argocd-cm keys, from argocd/
+
+    argocd.add_parser(sub)
+
     _add_router(sub)
     return parser
 
