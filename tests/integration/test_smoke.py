@@ -50,6 +50,24 @@ def test_fake_nodes_look_like_a_gpu_pool(core: client.CoreV1Api) -> None:
         assert ready == "True", node.metadata.name
 
 
+def test_fake_nodes_renew_their_leases(dev_cluster: DevCluster, core: client.CoreV1Api) -> None:
+    """Leases keep the fake nodes Ready: without them a node's only heartbeat came every
+    60-130 s, past the node-lifecycle controller's 50 s grace period, and nodes flapped
+    NotReady (unready pods, not-ready taints refusing new pods) in the middle of tests."""
+    nodes = {n.metadata.name for n in core.list_node().items}
+    leases = client.CoordinationV1Api().list_namespaced_lease("kube-node-lease").items
+    assert {lease.metadata.name for lease in leases} == nodes
+    before = {lease.metadata.name: lease.spec.renew_time for lease in leases}
+
+    def renewed() -> bool:
+        now = client.CoordinationV1Api().list_namespaced_lease("kube-node-lease").items
+        return all(lease.spec.renew_time > before[lease.metadata.name] for lease in now)
+
+    wait_for(renewed, timeout=40, interval=1, what="every node lease to be renewed")
+    for node in core.list_node().items:
+        assert not [t for t in node.spec.taints or [] if t.key.startswith("node.kubernetes.io/")]
+
+
 def _pipeline(name: str, **spec: object) -> dict[str, object]:
     base: dict[str, object] = {
         "sources": [{"uri": "/data/raw.jsonl", "format": "jsonl"}],

@@ -148,6 +148,11 @@ def components(home: Path, ports: Ports, certs: pki.PKIPaths, kubeconfig: Path) 
                 f"--kubeconfig={kubeconfig}",
                 f"--config={stages_path(home)}",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                # Node leases are the heartbeat the node-lifecycle controller reads.
+                # Without them only the heartbeat stage (every 60-130 s) updates a node,
+                # past the 50 s grace period: nodes flapped NotReady, their pods were
+                # marked unready and new pods refused by the not-ready taint.
+                "--node-lease-duration-seconds=40",
                 f"--server-address={LOOPBACK}:{p.kwok}",
                 "--node-ip=10.0.0.1",
                 "--cidr=10.244.0.0/16",
