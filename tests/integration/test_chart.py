@@ -14,10 +14,12 @@ from modelsmith import k8s
 from modelsmith.api import KINDS
 from modelsmith.devcluster import tools
 from modelsmith.devcluster.cluster import DevCluster
+from tests.integration.operator_process import operator_process, token_kubeconfig
 
 pytestmark = pytest.mark.integration
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "modelsmith"
+SAMPLES = CHART.parents[1] / "samples"
 
 
 def helm(cluster: DevCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -79,22 +81,19 @@ def test_values_schema_rejects_unknown_keys(dev_cluster: DevCluster) -> None:
     assert "replica" in proc.stderr
 
 
-def test_chart_installs_and_its_rbac_is_what_the_operator_needs(
-    dev_cluster: DevCluster, crds: list[str], namespace: str
+def test_watch_namespaces_confine_the_operator_and_its_rbac_to_them(
+    dev_cluster: DevCluster, crds: list[str], namespace: str, tmp_path: Path
 ) -> None:
-    """CRDs come from the session (crds.enabled=false): can-i needs them to resolve names."""
+    """The release watches only its own namespace: the operator, running with the chart
+    ServiceAccount's token and peering as the chart configures it, reconciles there,
+    and its identity may create nothing in any other namespace.
+
+    CRDs come from the session (crds.enabled=false), as with a CRD-less install."""
     helm(
         dev_cluster,
-        "install",
-        "ms",
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--set",
-        "crds.enabled=false",
-        "--wait",
-        "--timeout",
-        "90s",
+        *("install", "ms", str(CHART), "--namespace", namespace),
+        *("--set", "crds.enabled=false", "--set", f"watchNamespaces={{{namespace}}}"),
+        *("--wait", "--timeout", "90s"),
     )
     deploy = json.loads(
         dev_cluster.kubectl("get", "deployment", "ms-modelsmith", "-n", namespace, "-o", "json")
@@ -102,21 +101,38 @@ def test_chart_installs_and_its_rbac_is_what_the_operator_needs(
     assert deploy["status"]["readyReplicas"] == 1
     sa = f"system:serviceaccount:{namespace}:ms-modelsmith"
 
-    def can(verb: str, resource: str) -> bool:
+    def can(verb: str, resource: str, where: str = namespace) -> bool:
         out = dev_cluster.kubectl(
-            "auth", "can-i", verb, resource, f"--as={sa}", "-n", "anywhere", check=False
+            "auth", "can-i", verb, resource, f"--as={sa}", "-n", where, check=False
         )
         return out.strip() == "yes"
 
     assert can("patch", "datapipelines.modelsmith.io/status")
     assert can("create", "jobs.batch")
-    assert can("create", "deployments.apps")
     assert can("create", "roles.rbac.authorization.k8s.io")
     assert not can("escalate", "roles.rbac.authorization.k8s.io")
     assert can("watch", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can("get", "secrets")
     assert not can("delete", "datapipelines.modelsmith.io")
+    for verb, resource in [("create", "jobs.batch"), ("list", "datapipelines.modelsmith.io")]:
+        assert not can(verb, resource, where="default"), f"{verb} {resource} outside"
+
+    kubeconfig = token_kubeconfig(dev_cluster, namespace, "ms-modelsmith", tmp_path / "sa.yaml")
+    args = ("--namespace", namespace, "--metrics-port=0", "--peering=ms-modelsmith")
+    with operator_process(kubeconfig, tmp_path / "operator.log", *args) as op:
+        dev_cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "datapipeline.yaml"))
+        dev_cluster.kubectl(
+            *("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=90s"),
+            "datapipeline/tiny-corpus",
+        )
+        log = op.output()
+    assert op.handled("DataPipeline", "tiny-corpus")
+    assert "forbidden" not in log.lower(), log[-3000:]
     helm(dev_cluster, "uninstall", "ms", "--namespace", namespace, "--wait")
+
+
+def _cluster_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]]
 
 
 def _kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -150,7 +166,8 @@ def test_standalone_render_never_runs_two_operators(dev_cluster: DevCluster) -> 
         a.startswith("--peering")
         for a in deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     )
-    assert not any("kopf.dev" in r["apiGroups"] for r in kinds["ClusterRole"]["rules"])
+    rules = _cluster_rules(_render(dev_cluster, "peering.enabled=false"))
+    assert not any("kopf.dev" in r["apiGroups"] for r in rules)
 
 
 @pytest.mark.parametrize(
@@ -198,7 +215,7 @@ def test_network_policy_and_service_monitor_when_asked(dev_cluster: DevCluster) 
 
 def test_cluster_role_names_every_resource_the_operator_touches(dev_cluster: DevCluster) -> None:
     """No wildcards, and nothing the operator's API client can call left out."""
-    rules = _kinds(_render(dev_cluster))["ClusterRole"]["rules"]
+    rules = _cluster_rules(_render(dev_cluster))
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
     granted = {
@@ -213,3 +230,16 @@ def test_cluster_role_names_every_resource_the_operator_touches(dev_cluster: Dev
     for info in KINDS:
         assert ("modelsmith.io", info.plural) in granted
         assert ("modelsmith.io", f"{info.plural}/status") in granted
+
+
+def test_watch_namespaces_bind_the_namespaced_role_only_there(dev_cluster: DevCluster) -> None:
+    docs = _render(dev_cluster, "watchNamespaces={ml,research}")
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "research"]
+    cluster_bindings = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert [b["roleRef"]["name"] for b in cluster_bindings] == ["ms-modelsmith-cluster"]
+    cluster_scope = next(
+        d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-cluster")
+    )
+    granted = {res for rule in cluster_scope["rules"] for res in rule["resources"]}
+    assert granted == {"customresourcedefinitions", "tokenreviews", "namespaces"}

@@ -134,7 +134,7 @@ def test_the_chart_identity_is_enough_to_reconcile_finetune_and_inference(
         log = op.output()
     assert check.returncode == 0, check.stderr
     assert " 200 " in check.stdout
-    assert "Forbidden" not in log and "403" not in log, log[-3000:]
+    assert "forbidden" not in log.lower(), log[-3000:]
     # What the reconciles made, made with the chart's identity.
     assert client.BatchV1Api().read_namespaced_job("chat-run", namespace)
     router = client.RbacAuthorizationV1Api().read_namespaced_role_binding("chat-router", namespace)
