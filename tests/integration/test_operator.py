@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client
+from prometheus_client import REGISTRY
 
 from tests.helpers import wait_for
 
@@ -219,3 +220,41 @@ def test_resources_can_be_deleted_while_the_operator_is_down(
         return not names
 
     wait_for(gone, timeout=30, what="the resource to be deleted without an operator")
+
+
+def _reconciles(kind: str) -> float:
+    """Reconciles of ``kind`` this process has run, whatever their outcome."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "modelsmith_reconciles"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("kind") == kind
+    )
+
+
+def test_a_finished_run_stays_finished_when_its_job_is_gone(
+    crds: list[str], namespace: str
+) -> None:
+    """ttlSecondsAfterFinished deletes the Job; a restarted operator must not run the whole
+    job again (it did: the resume re-applied the Job and the status went back to Pending)."""
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "modelsmith.kopf_entry"]
+    with KopfRunner(args, timeout=60) as first:
+        _create(namespace, "once", runPolicy={"ttlSecondsAfterFinished": 0})
+        wait_for(lambda: _phase(namespace, "once") == "Succeeded", timeout=90, what="Succeeded")
+        wait_for(
+            lambda: not client.BatchV1Api().list_namespaced_job(namespace).items,
+            timeout=60,
+            what="the TTL controller to delete the finished Job",
+        )
+    assert first.exception is None, first.output
+    finished = _get(namespace, "once")["status"]
+
+    before = _reconciles("DataPipeline")
+    with KopfRunner(args, timeout=60) as second:
+        # The resume handler ran (in this process: the runner is in-process).
+        wait_for(lambda: _reconciles("DataPipeline") > before, timeout=30, what="the resume")
+        time.sleep(2)  # a Job it had applied would be there by now
+    assert second.exception is None, second.output
+    assert not client.BatchV1Api().list_namespaced_job(namespace).items, "the run started again"
+    assert _get(namespace, "once")["status"] == finished

@@ -207,6 +207,13 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
     if problems:
         _reject(kind, body, current, "; ".join(problems), generation=generation, now=now)
 
+    finished = current.phase in (Phase.SUCCEEDED, Phase.FAILED)
+    if finished and current.observed_generation == generation:
+        # A finished run is final. Re-resolving its inputs or re-applying its children
+        # afterwards would send it back to waiting when an upstream is deleted, and
+        # recreate the Job that ttlSecondsAfterFinished removed: the whole run again.
+        return current
+
     owner = Owner(kind.info.kind, meta["name"], meta["namespace"], meta["uid"])
     resolution = resolve(kind.inputs(spec), _fetch_upstream(owner.namespace))
     if not resolution.ready:
