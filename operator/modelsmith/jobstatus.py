@@ -130,7 +130,7 @@ def compute_status(
     if complete:
         phase = Phase.SUCCEEDED
         put("Succeeded", T, Reason.COMPLETED, "all workers finished")
-        put("Ready", T, Reason.COMPLETED, f"shards published to {output_uri}")
+        put("Ready", T, Reason.COMPLETED, f"output published to {output_uri}")
         put("Progressing", F, Reason.COMPLETED, "")
         outputs = _outputs(output_uri, report.result)
         completion_time = _parse_time(job_status.get("completionTime")) or now
