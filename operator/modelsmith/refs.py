@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelsmith.api.common import Input, LineageEntry
+from modelsmith.conditions import Reason
 
 Fetch = Callable[[str, str], dict[str, Any] | None]
 
@@ -71,3 +72,13 @@ def resolve(inputs: dict[str, Input | None], fetch: Fetch) -> Resolution:
                 LineageEntry(kind=ref.kind, name=ref.name, uri=uri, digest=outputs.get("digest"))
             )
     return out
+
+
+def waiting_reason(resolution: Resolution) -> tuple[Reason, str]:
+    """Why a resource cannot start yet, worst first: a failed upstream will never
+    deliver (users must act), a missing one may still be applied, a pending one runs."""
+    if resolution.failed:
+        return Reason.UPSTREAM_FAILED, f"upstream failed: {', '.join(resolution.failed)}"
+    if resolution.missing:
+        return Reason.UPSTREAM_NOT_FOUND, f"upstream not found: {', '.join(resolution.missing)}"
+    return Reason.WAITING_FOR_INPUT, f"waiting for: {', '.join(resolution.pending)}"

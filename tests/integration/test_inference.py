@@ -217,3 +217,39 @@ def test_kserve_backend_writes_a_kserve_inferenceservice(
     predictor = (kserve() or {})["spec"]["predictor"]
     assert predictor["containers"][0]["name"] == "kserve-container"
     assert "canaryTrafficPercent" not in predictor
+
+
+def test_a_failed_upstream_fails_a_service_that_serves_nothing_yet(
+    operator: KopfRunner, namespace: str
+) -> None:
+    """Not 'waiting' forever: a failed QuantizeJob will never deliver the model."""
+    failure = {"error": {"reason": "QualityGate", "message": "perplexity +40% > 5%"}}
+    annotations = {
+        "kwok.modelsmith.io/exit-code": "2",
+        "kwok.modelsmith.io/termination-message": json.dumps(failure),
+    }
+    quantize = {
+        "apiVersion": "modelsmith.io/v1alpha1",
+        "kind": "QuantizeJob",
+        "metadata": {"name": "int8"},
+        "spec": {
+            "model": {"uri": "file:///models/chat"},
+            "method": "int8-weight-only",
+            "resources": {"cpu": "100m"},
+            "podMetadata": {"annotations": annotations},
+            "output": {"uri": "file:///models/chat-int8"},
+        },
+    }
+    client.CustomObjectsApi().create_namespaced_custom_object(
+        *GROUP_ARGS, namespace, "quantizejobs", quantize
+    )
+    _create(namespace, "chat", model={"fromRef": {"kind": "QuantizeJob", "name": "int8"}})
+    status = wait_for(
+        lambda: (s := _status(namespace, "chat")).get("phase") == "Failed" and s,
+        timeout=90,
+        what="the service to fail with its upstream",
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "UpstreamFailed")
+    assert "QuantizeJob/int8" in ready["message"]
+    assert not _revisions(namespace), "nothing to serve, nothing deployed"

@@ -33,7 +33,7 @@ from modelsmith.builders.batch import (
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.jobstatus import PodReport, compute_status, summarize_pods, waiting_status
-from modelsmith.refs import Resolution, resolve
+from modelsmith.refs import resolve, waiting_reason
 from modelsmith.validation import semantic_errors
 
 
@@ -95,14 +95,6 @@ def _apply_children(
     applied = {child["kind"]: k8s.apply(child) for child in ordered}
     _APPLIED[owner.uid] = digest
     return applied["Job"]
-
-
-def _waiting(resolution: Resolution) -> tuple[Reason, str]:
-    if resolution.failed:
-        return Reason.UPSTREAM_FAILED, f"upstream failed: {', '.join(resolution.failed)}"
-    if resolution.missing:
-        return Reason.UPSTREAM_NOT_FOUND, f"upstream not found: {', '.join(resolution.missing)}"
-    return Reason.WAITING_FOR_INPUT, f"waiting for: {', '.join(resolution.pending)}"
 
 
 def _mark_rejected_change(
@@ -217,7 +209,7 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
     owner = Owner(kind.info.kind, meta["name"], meta["namespace"], meta["uid"])
     resolution = resolve(kind.inputs(spec), _fetch_upstream(owner.namespace))
     if not resolution.ready:
-        reason, message = _waiting(resolution)
+        reason, message = waiting_reason(resolution)
         new = waiting_status(
             current, generation=generation, now=now, reason=reason, message=message
         )

@@ -52,7 +52,7 @@ from modelsmith.canary.rollout import Inputs, Plan, next_wake, plan
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.contract import TASK_CONFIG_KEY, TaskConfig
-from modelsmith.refs import resolve
+from modelsmith.refs import resolve, waiting_reason
 
 log = logging.getLogger(__name__)
 KIND = INFERENCESERVICE.kind
@@ -213,19 +213,21 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
 
     resolution = resolve({"model": spec.model}, fetch)
     if not resolution.ready:
-        waiting = ", ".join(resolution.missing + resolution.pending + resolution.failed)
+        why, message = waiting_reason(resolution)
         conds = set_condition(
             list(current.conditions),
             "Ready",
             ConditionStatus.FALSE,
-            reason=Reason.WAITING_FOR_INPUT,
-            message=f"waiting for the model: {waiting}",
+            reason=why,
+            message=f"the model: {message}",
             now=now,
             generation=gen,
         )
         update = {"conditions": conds, "observed_generation": gen}
         if current.stable_revision is None:
-            update["phase"] = ServingPhase.PENDING
+            # Nothing serves yet: a failed upstream will never deliver a model.
+            failed = why == Reason.UPSTREAM_FAILED
+            update["phase"] = ServingPhase.FAILED if failed else ServingPhase.PENDING
         _write_status(body, old, current.model_copy(update=update))
         return None
     model_uri = resolution.uris["model"]
@@ -374,9 +376,10 @@ def register(settings: Settings) -> None:
 
         @kopf.on.event(GROUP, VERSION, upstream)
         def on_upstream(body: kopf.Body, type: str | None, **_: Any) -> None:
-            """A model an InferenceService waits for was published: serve it now.
-            (Argo CD applies a chain of manifests in no particular order.)"""
-            if type == "DELETED" or (body.get("status") or {}).get("phase") != "Succeeded":
+            """A model an InferenceService waits for was published (serve it now), or
+            will never be (say so). Argo CD applies a chain in no particular order."""
+            phase = (body.get("status") or {}).get("phase")
+            if type == "DELETED" or phase not in ("Succeeded", "Failed"):
                 return
             namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
             for obj in k8s.list_custom(PLURAL, namespace):
