@@ -31,6 +31,8 @@ _PLURALS = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservices",
+    ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
+    ("kopf.dev/v1", "ClusterKopfPeering"): "clusterkopfpeerings",
 }
 
 
@@ -48,7 +50,7 @@ def _path(
 ) -> str:
     plural = plural or _PLURALS[(api_version, kind)]
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
     return f"{path}/{name}" if name else path
 
 
@@ -124,7 +126,7 @@ def create_if_absent(obj: dict[str, Any]) -> None:
     try:
         _call(
             "POST",
-            _path(obj["apiVersion"], obj["kind"], meta["namespace"]),
+            _path(obj["apiVersion"], obj["kind"], meta.get("namespace", "")),
             body=obj,
             query=[("fieldManager", FIELD_MANAGER)],
         )
@@ -141,16 +143,10 @@ def ensure_peering(name: str, namespaces: list[str]) -> None:
     rather than in the chart avoids a chart whose custom resources need CRDs that the
     same release is only now installing.
     """
-    base = "/apis/kopf.dev/v1"
-    paths = [f"{base}/namespaces/{ns}/kopfpeerings" for ns in namespaces]
     kind = "KopfPeering" if namespaces else "ClusterKopfPeering"
-    for path in paths or [f"{base}/clusterkopfpeerings"]:
-        body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
-        try:
-            _call("POST", path, body=body, query=[("fieldManager", FIELD_MANAGER)])
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
+    for namespace in namespaces or [""]:
+        meta = {"name": name, "namespace": namespace} if namespace else {"name": name}
+        create_if_absent({"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta})
 
 
 def get(
