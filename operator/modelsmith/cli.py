@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(func=_dev)
 
-    crds = sub.add_parser("crds", help="regenerate crds/ and the chart's CRD templates")
+    crds = sub.add_parser(
+        "crds", help="regenerate crds/, the chart's CRD templates and the batch Argo CD checks"
+    )
     crds.add_argument("--check", action="store_true", help="fail if generated files drifted")
     crds.set_defaults(func=_crds)
 

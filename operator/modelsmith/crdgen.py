@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from modelsmith import argocd
 from modelsmith.api import KINDS, KindInfo
 from modelsmith.api.meta import CATEGORY, GROUP, VERSION
 
@@ -226,7 +227,7 @@ def expected_files(root: Path = REPO_ROOT) -> dict[Path, str]:
         name = doc["metadata"]["name"]
         files[root / "crds" / f"{name}.yaml"] = render_peering(kind)
         files[root / CHART_CRD_DIR / f"{name}.yaml"] = _chart_template(kind, doc)
-    return files
+    return files | argocd.generated_checks(root)
 
 
 def write(root: Path = REPO_ROOT) -> list[Path]:

@@ -8,6 +8,7 @@ import pytest
 
 from modelsmith import crdgen
 from modelsmith.api import DATAPIPELINE, KINDS, PRETRAINJOB
+from modelsmith.batchkinds import BATCH_KINDS
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -63,8 +64,9 @@ def test_committed_crds_match_the_models() -> None:
 
 def test_check_reports_drift_and_strays(tmp_path: Path) -> None:
     (tmp_path / "crds").mkdir()
-    # crds/ and the chart, our kinds and kopf's peering ones
-    assert len(crdgen.check(tmp_path)) == 2 * (len(KINDS) + len(crdgen.PEERING_KINDS))
+    # crds/ and the chart, our kinds and kopf's peering ones; the batch Argo CD checks
+    crds = 2 * (len(KINDS) + len(crdgen.PEERING_KINDS))
+    assert len(crdgen.check(tmp_path)) == crds + len(BATCH_KINDS)
     crdgen.write(tmp_path)
     assert crdgen.check(tmp_path) == []
     stray = tmp_path / "crds" / "old.modelsmith.io.yaml"
