@@ -12,7 +12,7 @@ from kubernetes.client import ApiException
 
 from modelsmith.devcluster.cluster import DevCluster
 from tests.helpers import wait_for
-from tests.integration.operator_process import operator_process
+from tests.integration.operator_process import OperatorProcess, operator_process
 
 pytestmark = pytest.mark.integration
 
@@ -61,25 +61,34 @@ def test_only_the_highest_priority_replica_acts_and_the_other_takes_over(
     dev_cluster: DevCluster, crds: list[str], namespace: str, tmp_path: Path
 ) -> None:
     args = ("--namespace", namespace, "--metrics-port=0", "--peering=modelsmith")
-    with (
-        operator_process(dev_cluster.kubeconfig, tmp_path / "a.log", *args, "--priority=200") as a,
-        operator_process(dev_cluster.kubeconfig, tmp_path / "b.log", *args, "--priority=100") as b,
-    ):
-        # The operator made its own peering object; both replicas registered in it.
-        peers = wait_for(lambda: len(_peers(namespace)) == 2 and _peers(namespace), timeout=60)
-        assert sorted(p["priority"] for p in peers.values()) == [100, 200]
-        # kopf starts every peered replica paused; only the highest-priority one resumes.
+    # a acts first, then b joins: the case of a replica added to a running operator.
+    # (Replicas started in the same instant can both act for a moment: b, seeing no
+    # peer yet, resumes, and in one run still handled an object a second after it
+    # paused. kopf's peering settles, it does not lock.)
+    with operator_process(dev_cluster.kubeconfig, tmp_path / "a.log", *args, "--priority=200") as a:
+        # kopf starts every peered replica paused; one alone in the peering resumes.
         wait_for(lambda: RESUMED in a.output(), timeout=60, what="a to start acting")
+        b_process = operator_process(
+            dev_cluster.kubeconfig, tmp_path / "b.log", *args, "--priority=100"
+        )
+        with b_process as b:
+            _only_a_acts_and_b_takes_over(namespace, a, b)
 
-        _pipeline(namespace, "first")
-        wait_for(lambda: _phase(namespace, "first") == "Succeeded", timeout=90, what="first")
-        assert a.handled("DataPipeline", "first")
-        assert not b.handled("DataPipeline", "first"), "the standing-by replica acted"
-        assert RESUMED not in b.output()
 
-        assert a.stop() == 0
-        wait_for(lambda: len(_peers(namespace)) == 1, timeout=30, what="a to leave the peering")
-        wait_for(lambda: RESUMED in b.output(), timeout=60, what="b to take over")
-        _pipeline(namespace, "second")
-        wait_for(lambda: _phase(namespace, "second") == "Succeeded", timeout=90, what="second")
-        assert b.handled("DataPipeline", "second"), b.output()[-3000:]
+def _only_a_acts_and_b_takes_over(namespace: str, a: OperatorProcess, b: OperatorProcess) -> None:
+    # The operator made its own peering object; both replicas registered in it.
+    peers = wait_for(lambda: len(_peers(namespace)) == 2 and _peers(namespace), timeout=60)
+    assert sorted(p["priority"] for p in peers.values()) == [100, 200]
+
+    _pipeline(namespace, "first")
+    wait_for(lambda: _phase(namespace, "first") == "Succeeded", timeout=90, what="first")
+    assert a.handled("DataPipeline", "first")
+    assert not b.handled("DataPipeline", "first"), "the standing-by replica acted"
+    assert RESUMED not in b.output()
+
+    assert a.stop() == 0
+    wait_for(lambda: len(_peers(namespace)) == 1, timeout=30, what="a to leave the peering")
+    wait_for(lambda: RESUMED in b.output(), timeout=60, what="b to take over")
+    _pipeline(namespace, "second")
+    wait_for(lambda: _phase(namespace, "second") == "Succeeded", timeout=90, what="second")
+    assert b.handled("DataPipeline", "second"), b.output()[-3000:]
