@@ -26,6 +26,11 @@ class Reason(StrEnum):
     ROLLOUT_DONE = "RolloutDone"
     ROLLED_BACK = "RolledBack"
     PROMOTED = "Promoted"
+    STORAGE_NOT_CONFIGURED = "StorageNotConfigured"
+    CLAIM_NOT_FOUND = "ClaimNotFound"
+    CLAIM_ACCESS_MODE = "ClaimAccessModeConflict"
+    SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 (a reason, not a secret)
+    POD_CANNOT_START = "PodCannotStart"
 
 
 def set_condition(

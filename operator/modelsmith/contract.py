@@ -25,7 +25,19 @@ TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
 """The kubelet keeps at most 4 KiB of a termination message; a Result must fit."""
 COMPLETION_MARKER = "_MODELSMITH_COMPLETE.json"
-"""Written last into a published artifact: without it, the artifact does not exist."""
+"""Written last into a published artifact: without it, the artifact does not exist.
+
+Never empty (KServe's S3 download skips zero-byte objects): a JSON `Manifest`."""
+MOUNTS_ENV = "MODELSMITH_MOUNTS"
+"""JSON object {uri_prefix: local_dir} the operator sets on every workload container:
+where each mounted URI (a pvc:// claim or sub-path, a model fetched by the init
+container) is inside the pod. A URI resolves through its longest prefix that ends on a
+"/" boundary; a pvc:// URI with no entry is not mounted in this pod."""
+MOUNT_ROOT = "/mnt/modelsmith"
+"""Fixed in-pod paths: `rw/<claim>` (the output claim, read-write), `ro/<claim>` (input
+claims, read-only), `model` (a served model fetched before the server starts)."""
+SCRATCH_DIR = "/tmp"  # noqa: S108 (an emptyDir the operator mounts, not the image's /tmp)
+"""Staging, downloads and caches: an emptyDir with a size limit under a read-only root."""
 
 
 class ExitCode(IntEnum):
@@ -49,8 +61,43 @@ class TaskConfig(_Model):
     inputs: dict[str, str] = Field(
         default_factory=dict, description="Input name -> URI, every fromRef already resolved."
     )
-    output: str = Field(description="Where the artifact is published.")
+    output: str = Field(
+        description="Where the artifact is published: the first attempt publishes exactly "
+        "here; if a complete artifact is already here (an earlier attempt published it), "
+        "beside it at `<output>-attempt-<attempt>`, never over it."
+    )
+    uid: str | None = Field(
+        default=None, description="metadata.uid of the resource: recorded as the producer."
+    )
     spec: dict[str, Any] = Field(description="The resource's spec, camelCase, as applied.")
+
+
+class ManifestFile(_Model):
+    path: str = Field(description="Relative to the artifact's root, '/'-separated.")
+    size: int = Field(ge=0)
+    sha256: str
+
+
+class Producer(_Model):
+    kind: str
+    name: str
+    uid: str | None = None
+    attempt: int = 0
+
+
+class Manifest(_Model):
+    """The completion marker's content: what was published, by whom, file by file.
+
+    Readers take only the files listed here and check their sizes, so the leftovers of
+    a killed upload under the same prefix are never mistaken for part of the artifact.
+    Unknown keys are kept for what a stage adds (format, fingerprint, …).
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    digest: str = Field(description="sha256 over every file's path and content.")
+    producer: Producer | None = None
+    files: list[ManifestFile] = Field(default_factory=list)
 
 
 class CheckpointInfo(_Model):
@@ -76,8 +123,13 @@ class Result(_Model):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    uri: str | None = None
+    uri: str | None = Field(
+        default=None,
+        description="Where the artifact was really published (a URI, never a "
+        "pod-local path): the output, or the place beside it a retry published at.",
+    )
     digest: str | None = None
+    size_bytes: int | None = Field(default=None, description="Bytes of the published files.")
     metrics: dict[str, float] = Field(default_factory=dict)
     checkpoint: CheckpointInfo | None = Field(
         default=None, description="The latest complete checkpoint: where a retry resumes."

@@ -30,7 +30,12 @@ def _outputs(output_uri: str, result: Result | None) -> Outputs:
     """The workload's own word (its termination message) wins over what we asked for."""
     if result is None:
         return Outputs(uri=output_uri)
-    return Outputs(uri=result.uri or output_uri, digest=result.digest, metrics=result.metrics)
+    return Outputs(
+        uri=result.uri or output_uri,
+        digest=result.digest,
+        size_bytes=result.size_bytes,
+        metrics=result.metrics,
+    )
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,22 @@ def waiting_status(
     )
 
 
+def blocked_status(
+    current: BatchStatus, *, generation: int, now: datetime, reason: Reason, message: str
+) -> BatchStatus:
+    """No Job, because of something the user must fix (a claim, a Secret, the store):
+    Pending, not Failed, since the run starts by itself once it is fixed; and not
+    Progressing, since nothing moves until then."""
+    conds = list(current.conditions)
+    for type_, status in (("Ready", F), ("Progressing", F), ("Failed", F)):
+        conds = set_condition(
+            conds, type_, status, reason=reason, message=message, now=now, generation=generation
+        )
+    return current.model_copy(
+        update={"observed_generation": generation, "phase": Phase.PENDING, "conditions": conds}
+    )
+
+
 def compute_status(
     current: BatchStatus,
     job: dict[str, Any] | None,
@@ -130,9 +151,9 @@ def compute_status(
     if complete:
         phase = Phase.SUCCEEDED
         put("Succeeded", T, Reason.COMPLETED, "all workers finished")
-        put("Ready", T, Reason.COMPLETED, f"output published to {output_uri}")
-        put("Progressing", F, Reason.COMPLETED, "")
         outputs = _outputs(output_uri, report.result)
+        put("Ready", T, Reason.COMPLETED, f"output published to {outputs.uri}")
+        put("Progressing", F, Reason.COMPLETED, "")
         completion_time = _parse_time(job_status.get("completionTime")) or now
     elif failed:
         phase = Phase.FAILED

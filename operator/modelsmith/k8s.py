@@ -23,6 +23,7 @@ _PLURALS = {
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
     ("v1", "Secret"): "secrets",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("batch/v1", "Job"): "jobs",
     ("apps/v1", "Deployment"): "deployments",
@@ -133,6 +134,24 @@ def create_if_absent(obj: dict[str, Any]) -> None:
     except ApiError as exc:
         if exc.status != 409:
             raise
+
+
+def secret_exists(namespace: str, name: str) -> bool:
+    """Whether a Secret exists, without reading it: a dry-run create of an empty Secret
+    by that name is refused with 409 when one exists, and persists nothing otherwise.
+    It needs only the `create` verb the operator has for Ray tokens, so the operator
+    still cannot read any Secret. A refusal we cannot interpret counts as "exists":
+    the pod's own error then tells the rest."""
+    try:
+        _call(
+            "POST",
+            _path("v1", "Secret", namespace),
+            body={"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}},
+            query=[("dryRun", "All"), ("fieldManager", FIELD_MANAGER)],
+        )
+    except ApiError:
+        return True  # 409 AlreadyExists, or a refusal that leaves the question to the pod
+    return False
 
 
 def ensure_peering(name: str, namespaces: list[str]) -> None:

@@ -7,6 +7,10 @@ gets past `kubectl apply`; it would wait on itself forever. Such specs become
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel
+
 from modelsmith.api.common import WorkloadSpec
 from modelsmith.batchkinds import BatchKind
 
@@ -21,3 +25,24 @@ def semantic_errors(kind: BatchKind, name: str, spec: WorkloadSpec) -> list[str]
                 "it would wait for its own output forever"
             )
     return errors
+
+
+def uri_fields(spec: BaseModel) -> dict[str, str]:
+    """Every storage URI a spec sets, by where it is set (spec.sources[0].uri): in this
+    API each one sits under a key named `uri`, whatever the kind."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                path = f"{where}.{key}"
+                if key == "uri" and isinstance(value, str):
+                    found[path] = value
+                else:
+                    walk(value, path)
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}[{index}]")
+
+    walk(spec.model_dump(mode="json", by_alias=True, exclude_none=True), "spec")
+    return found

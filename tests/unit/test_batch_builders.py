@@ -11,6 +11,7 @@ from modelsmith.api.datapipeline import DataPipelineSpec
 from modelsmith.api.pretrain import PretrainJobSpec
 from modelsmith.batchkinds import BATCH_KINDS
 from modelsmith.builders.batch import (
+    Artifacts,
     Layout,
     Owner,
     desired_configmap,
@@ -23,12 +24,13 @@ from modelsmith.config import Settings
 
 OWNER = Owner("DataPipeline", "corpus", "ml", "uid-1")
 SETTINGS = Settings(image_registry="registry.test/ms", image_tag="1.2.3")
+OUT = Artifacts("s3://bkt/out")
 KIND = {k.info.kind: k for k in BATCH_KINDS}
 
 
 def _data(**extra: object) -> DataPipelineSpec:
     return DataPipelineSpec.model_validate(
-        {"sources": [{"uri": "s3://b/raw", "format": "jsonl"}], "output": {"uri": "s3://b/out"}}
+        {"sources": [{"uri": "s3://bkt/raw", "format": "jsonl"}], "output": {"uri": "s3://bkt/out"}}
         | extra
     )
 
@@ -61,8 +63,8 @@ def _env(job: dict[str, Any]) -> dict[str, Any]:
 
 def test_data_job_is_indexed_owned_and_deterministic() -> None:
     layout = KIND["DataPipeline"].layout(_data(workers=4))
-    job = desired_job(OWNER, _data(workers=4), layout, SETTINGS)
-    assert job == desired_job(OWNER, _data(workers=4), layout, SETTINGS)
+    job = desired_job(OWNER, _data(workers=4), layout, SETTINGS, OUT)
+    assert job == desired_job(OWNER, _data(workers=4), layout, SETTINGS, OUT)
     assert job["metadata"]["name"] == "corpus-run"
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
@@ -77,9 +79,9 @@ def test_data_job_is_indexed_owned_and_deterministic() -> None:
 
 
 def test_gpus_are_requested_only_when_asked_for() -> None:
-    cpu = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), SETTINGS)
+    cpu = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), SETTINGS, OUT)
     assert "nvidia.com/gpu" not in _container(cpu)["resources"]["requests"]
-    gpu = desired_job(OWNER, _data(), Layout("data", "data", 1, 2), SETTINGS)
+    gpu = desired_job(OWNER, _data(), Layout("data", "data", 1, 2), SETTINGS, OUT)
     assert _container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 
@@ -88,7 +90,7 @@ def test_multinode_pretraining_gets_torchrun_rendezvous_and_a_headless_service()
     owner = Owner("PretrainJob", "llm", "ml", "uid-2")
     layout = KIND["PretrainJob"].layout(spec)
     assert layout == Layout("trainer", "pretrain", workers=2, gpus_per_worker=8, torchrun=True)
-    job = desired_job(owner, spec, layout, SETTINGS)
+    job = desired_job(owner, spec, layout, SETTINGS, OUT)
     env = _env(job)
     assert env["MASTER_ADDR"] == "llm-run-0.llm-workers"
     assert (env["NNODES"], env["NPROC_PER_NODE"], env["MASTER_PORT"]) == ("2", "8", "29500")
@@ -115,7 +117,7 @@ def test_scheduling_fields_and_run_policy_reach_the_pod() -> None:
             "annotations": {"prometheus.io/scrape": "true"},
         },
     )
-    job = desired_job(OWNER, spec, Layout("data", "data", 1, 0), SETTINGS)
+    job = desired_job(OWNER, spec, Layout("data", "data", 1, 0), SETTINGS, OUT)
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "cpu"}
     assert pod["tolerations"] == [{"key": "spot", "operator": "Exists"}]
@@ -133,7 +135,7 @@ def test_scheduling_fields_and_run_policy_reach_the_pod() -> None:
 
 
 def test_configmap_holds_resolved_inputs_and_the_spec() -> None:
-    config = task_config(OWNER, _data(workers=2), {"tokenizer": "/tok"}, "s3://b/out")
+    config = task_config(OWNER, _data(workers=2), {"tokenizer": "/tok"}, "s3://bkt/out")
     cm = desired_configmap(OWNER, Layout("data", "data", 2, 0), config)
     loaded = json.loads(cm["data"]["task.json"])
     assert loaded == config
@@ -165,7 +167,7 @@ def test_each_sample_names_its_upstream_as_an_input(kind: str) -> None:
 
 
 def test_bad_input_fails_the_run_and_preemption_costs_no_retry() -> None:
-    job = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), SETTINGS)
+    job = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), SETTINGS, OUT)
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
@@ -175,10 +177,10 @@ def test_bad_input_fails_the_run_and_preemption_costs_no_retry() -> None:
 
 
 def test_pods_get_a_projected_token_for_progress_reports_only_when_configured() -> None:
-    plain = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), SETTINGS)
+    plain = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), SETTINGS, OUT)
     assert "MODELSMITH_STATUS_URL" not in _env(plain)
     settings = Settings("r", "t", status_url="http://ms.system.svc:8081")
-    job = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), settings)
+    job = desired_job(OWNER, _data(), Layout("data", "data", 1, 0), settings, OUT)
     assert _env(job)["MODELSMITH_STATUS_URL"] == "http://ms.system.svc:8081"
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     token = volumes["status-token"]["projected"]["sources"][0]["serviceAccountToken"]
@@ -200,7 +202,7 @@ def test_fine_tuning_on_several_gpus_is_one_process_without_torchrun_env() -> No
     )
     layout = KIND["FineTune"].layout(spec)
     assert (layout.workers, layout.gpus_per_worker, layout.torchrun) == (1, 4, False)
-    env = _env(desired_job(OWNER, spec, layout, SETTINGS))
+    env = _env(desired_job(OWNER, spec, layout, SETTINGS, OUT))
     assert "NPROC_PER_NODE" not in env and "MASTER_ADDR" not in env
 
 
@@ -209,7 +211,7 @@ def test_ray_runs_form_a_cluster_around_pod_0_and_finish_when_pod_0_does() -> No
     kind = KIND["PretrainJob"]
     layout = kind.layout(_pretrain(nodes=3, gpusPerNode=8, launcher="ray"))
     assert layout.ray and not layout.torchrun
-    job = desired_job(owner, _pretrain(nodes=3, launcher="ray"), layout, SETTINGS)
+    job = desired_job(owner, _pretrain(nodes=3, launcher="ray"), layout, SETTINGS, OUT)
     env = _env(job)
     assert env["MODELSMITH_RAY_HEAD"] == "big-run-0.big-workers"
     assert env["RAY_AUTH_MODE"] == "token"
@@ -233,16 +235,16 @@ def test_only_ray_runs_get_a_token_and_single_pod_ray_needs_no_success_policy() 
     assert desired_ray_token(OWNER, torchrun, "t") is None
     data_ray = KIND["DataPipeline"].layout(_data(engine="ray"))
     assert data_ray.ray and data_ray.workers == 1
-    job = desired_job(OWNER, _data(engine="ray"), data_ray, SETTINGS)
+    job = desired_job(OWNER, _data(engine="ray"), data_ray, SETTINGS, OUT)
     assert "successPolicy" not in job["spec"]
     assert "MODELSMITH_RAY_HEAD" in _env(job)
 
 
 def test_distributed_pods_get_a_memory_backed_dev_shm() -> None:
     spec = _pretrain(nodes=2)
-    job = desired_job(OWNER, spec, KIND["PretrainJob"].layout(spec), SETTINGS)
+    job = desired_job(OWNER, spec, KIND["PretrainJob"].layout(spec), SETTINGS, OUT)
     pod = job["spec"]["template"]["spec"]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in _container(job)["volumeMounts"]  # noqa: S108
-    single = desired_job(OWNER, _data(), KIND["DataPipeline"].layout(_data()), SETTINGS)
+    single = desired_job(OWNER, _data(), KIND["DataPipeline"].layout(_data()), SETTINGS, OUT)
     assert all(v["name"] != "dshm" for v in single["spec"]["template"]["spec"]["volumes"])

@@ -13,10 +13,9 @@ from typing import Annotated, Any, Self
 from pydantic import ConfigDict, Field, model_validator
 
 from modelsmith.api.meta import CamelModel, Condition
+from modelsmith.api.uri import OutputUri, Uri
 
-URI_PATTERN = r"^(file://|s3://|gs://|pvc://|/).+"
-Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=2048)]
-"""A storage location: a mounted path, file://, s3://, gs:// or pvc://."""
+__all__ = ["OutputUri", "Uri"]
 
 DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 Name = Annotated[str, Field(pattern=DNS_NAME, min_length=1, max_length=253)]
@@ -96,9 +95,36 @@ class Input(CamelModel):
 class Output(CamelModel):
     """Where a stage publishes its artifact (written atomically, then marked complete)."""
 
-    uri: Uri = Field(
-        description="Where the artifact is published. Immutable: changing it would orphan "
-        "what was already written."
+    uri: OutputUri | None = Field(
+        default=None,
+        description="Where the artifact is published: pvc://CLAIM/path or s3://BUCKET/prefix. "
+        "Unset: under the operator's default store, at <store>/<namespace>/<kind>/<name>/"
+        "<uid>. A retry never overwrites a published artifact: it publishes beside it "
+        "(<uri>-attempt-N), and status.outputs.uri names the exact place.",
+    )
+
+
+class SecretRef(CamelModel):
+    """A Secret in the resource's namespace, named only: the operator never reads it."""
+
+    name: Name = Field(description="Secret name.")
+
+
+class Storage(CamelModel):
+    """How the pods reach object storage, and the scratch space they stage in."""
+
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="A Secret with the standard AWS keys for every s3:// URI this resource "
+        "reads or writes: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (required), "
+        "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL (S3-compatible stores), AWS_DEFAULT_REGION "
+        "(optional). Unset: the operator's default storage Secret, if any; for workload "
+        "identity set serviceAccountName instead.",
+    )
+    scratch_size: Quantity = Field(
+        default="4Gi",
+        description="Size limit of each pod's scratch emptyDir (/tmp: staging, downloads, "
+        "caches), also requested as ephemeral-storage; the root filesystem is read-only.",
     )
 
 
@@ -160,9 +186,12 @@ class WorkloadSpec(CamelModel):
     """Fields every batch kind has: where its artifact goes, where its pods go, how they run."""
 
     output: Output = Field(
-        description="Where the artifact is published.",
-        json_schema_extra=immutable("output is immutable"),
+        default_factory=Output,
+        description="Where the artifact is published. Immutable: changing it would orphan "
+        "what was already written.",
+        json_schema_extra=immutable("output is immutable") | {"default": {}},
     )
+    storage: Storage = defaulted(Storage, "Object-storage credentials and scratch space.")
     resources: Resources = defaulted(Resources, "What each worker asks the scheduler for.")
     pod_metadata: PodMetadata = Field(
         default_factory=PodMetadata, description="Labels and annotations for the pods."
@@ -211,6 +240,7 @@ class Outputs(CamelModel):
 
     uri: str | None = Field(default=None, description="Where the artifact was published.")
     digest: str | None = Field(default=None, description="Content digest of the artifact.")
+    size_bytes: int | None = Field(default=None, description="Bytes the artifact takes.")
     metrics: dict[str, float] = Field(
         default_factory=dict, description="Headline metrics (loss, perplexity, tokens…)."
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from modelsmith.api.common import WorkloadSpec
 from modelsmith.api.meta import GROUP, VERSION
+from modelsmith.builders import storage
 from modelsmith.config import STATUS_AUDIENCE, Settings
 from modelsmith.contract import (
     TASK_API_VERSION,
@@ -85,6 +86,20 @@ class Layout:
     succeeds when pod 0 does (the Job's success policy then stops the others)."""
 
 
+@dataclass(frozen=True)
+class Artifacts:
+    """Every URI a run's pods touch, resolved: what gets mounted and credentialed."""
+
+    output: str
+    reads: tuple[str, ...] = ()
+    secret: str | None = None
+    """The Secret whose AWS keys the pods get (the operator never reads it)."""
+
+    @property
+    def uris(self) -> tuple[str, ...]:
+        return (self.output, *self.reads)
+
+
 def job_name(owner: Owner) -> str:
     return f"{owner.name}-run"
 
@@ -111,6 +126,7 @@ def task_config(
         "name": owner.name,
         "inputs": inputs,
         "output": output_uri,
+        "uid": owner.uid,
         "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
 
@@ -172,7 +188,7 @@ def _status_reporting(settings: Settings) -> tuple[list[dict[str, Any]], list[di
     return env, [volume]
 
 
-def _env(owner: Owner, spec: WorkloadSpec, layout: Layout) -> list[dict[str, Any]]:
+def _env(owner: Owner, layout: Layout) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "MODELSMITH_TASK_CONFIG", "value": TASK_CONFIG_PATH},
         {"name": "MODELSMITH_WORKERS", "value": str(layout.workers)},
@@ -200,7 +216,6 @@ def _env(owner: Owner, spec: WorkloadSpec, layout: Layout) -> list[dict[str, Any
         ]
     if layout.ray:
         env += _ray_env(owner)
-    env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
     return env
 
 
@@ -254,34 +269,50 @@ and do not use up a retry. Everything else is retried, per worker, backoffLimit 
 
 
 def desired_job(
-    owner: Owner, spec: WorkloadSpec, layout: Layout, settings: Settings
+    owner: Owner, spec: WorkloadSpec, layout: Layout, settings: Settings, artifacts: Artifacts
 ) -> dict[str, Any]:
     res = spec.resources
-    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    scratch_size = spec.storage.scratch_size
+    requests: dict[str, str] = {
+        "cpu": res.cpu,
+        "memory": res.memory,
+        "ephemeral-storage": scratch_size,
+    }
     limits: dict[str, str] = {"memory": res.memory}
     if layout.gpus_per_worker:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(layout.gpus_per_worker)
     args = [layout.entrypoint, f"--task-config={TASK_CONFIG_PATH}"]
     status_env, status_volumes = _status_reporting(settings)
+    claims = storage.claim_mounts(artifacts.output, artifacts.reads)
+    scratch_volume, scratch_mount, scratch_env = storage.scratch(scratch_size)
     mounts = [{"name": "task-config", "mountPath": TASK_CONFIG_DIR, "readOnly": True}]
     mounts += [
         {"name": v["name"], "mountPath": STATUS_TOKEN_DIR, "readOnly": True} for v in status_volumes
     ]
+    mounts += [*claims.mounts, scratch_mount]
+    env = _env(owner, layout) + status_env + claims.env_table() + scratch_env
+    env += storage.credentials_env(artifacts.secret)
+    # The user's own variables last: where a name repeats, the kubelet keeps the last.
+    env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env]
     container: dict[str, Any] = {
         "name": layout.component,
         "image": spec.image or settings.image(layout.component),
         "args": args,
-        "env": _env(owner, spec, layout) + status_env,
+        "env": env,
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(storage.CONTAINER_SECURITY),
     }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        "securityContext": dict(storage.POD_SECURITY),
         "containers": [container],
         "volumes": [
             {"name": "task-config", "configMap": {"name": config_name(owner)}},
             *status_volumes,
+            *claims.volumes,
+            scratch_volume,
         ],
     }
     if layout.workers > 1:

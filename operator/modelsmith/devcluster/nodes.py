@@ -40,7 +40,13 @@ def node_manifest(shape: NodeShape) -> dict[str, Any]:
         "topology.kubernetes.io/zone": shape.zone,
         "type": "kwok",
     }
-    capacity = {"cpu": shape.cpu, "memory": shape.memory, "pods": "110"}
+    # ephemeral-storage: every workload pod requests its scratch emptyDir's size.
+    capacity = {
+        "cpu": shape.cpu,
+        "memory": shape.memory,
+        "pods": "110",
+        "ephemeral-storage": "2Ti",
+    }
     spec: dict[str, Any] = {}
     if shape.gpus:
         labels |= {

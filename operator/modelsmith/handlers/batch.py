@@ -17,11 +17,12 @@ from typing import Any, NoReturn, cast
 import kopf
 from pydantic import ValidationError
 
-from modelsmith import k8s, metrics
-from modelsmith.api.common import BatchStatus, Phase
+from modelsmith import k8s, metrics, storagecheck
+from modelsmith.api.common import BatchStatus, Phase, WorkloadSpec
 from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
 from modelsmith.batchkinds import BATCH_KINDS, PLURALS, BatchKind, batch_owner
 from modelsmith.builders.batch import (
+    Artifacts,
     Owner,
     desired_configmap,
     desired_job,
@@ -30,11 +31,24 @@ from modelsmith.builders.batch import (
     job_name,
     task_config,
 )
+from modelsmith.builders.storage import claims
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
-from modelsmith.jobstatus import PodReport, compute_status, summarize_pods, waiting_status
-from modelsmith.refs import resolve, waiting_reason
-from modelsmith.validation import semantic_errors
+from modelsmith.jobstatus import (
+    PodReport,
+    blocked_status,
+    compute_status,
+    summarize_pods,
+    waiting_status,
+)
+from modelsmith.later import LATER
+from modelsmith.refs import Resolution, resolve, waiting_reason
+from modelsmith.storagecheck import Refusal
+from modelsmith.validation import semantic_errors, uri_fields
+
+REFUSAL_RETRY_SECONDS = 20.0
+"""How soon a run waiting for its claim or Secret looks again: the operator cannot
+watch Secrets (it may not read them), so it asks again instead."""
 
 
 def _status_patch(old: dict[str, Any], new: BatchStatus) -> dict[str, Any]:
@@ -186,6 +200,103 @@ def _reject(
     raise kopf.PermanentError(f"invalid spec: {message}")
 
 
+class RefusedError(Exception):
+    """No Job was created, for a reason the status now shows; ``retry`` after a delay."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def _preflight(owner: Owner, artifacts: Artifacts, pods: int) -> Refusal | None:
+    """The claims and Secret the run names, looked up before its first pod exists."""
+    found = {
+        c.name: k8s.get("v1", "PersistentVolumeClaim", owner.namespace, c.name)
+        for c in claims(artifacts.output, artifacts.reads)
+    }
+    refusal = storagecheck.claim_refusal(artifacts.output, artifacts.reads, found, pods)
+    if refusal is not None or artifacts.secret is None:
+        return refusal
+    exists = k8s.secret_exists(owner.namespace, artifacts.secret)
+    return storagecheck.secret_refusal(artifacts.secret, exists)
+
+
+def _refuse(
+    kind: BatchKind,
+    body: kopf.Body,
+    current: BatchStatus,
+    refusal: Refusal,
+    *,
+    generation: int,
+    now: datetime,
+) -> NoReturn:
+    """Say in status why no Job exists (a Warning event when it first happens), then stop."""
+    blocked = blocked_status(
+        current, generation=generation, now=now, reason=refusal.reason, message=refusal.message
+    )
+    changed = _status_patch(dict(body.get("status", {}) or {}), blocked)
+    if changed:
+        _write_status(kind, body, changed)
+        kopf.event(body, type="Warning", reason=str(refusal.reason), message=refusal.message)
+    raise RefusedError(refusal)
+
+
+def _run(
+    kind: BatchKind,
+    body: kopf.Body,
+    current: BatchStatus,
+    spec: WorkloadSpec,
+    resolution: Resolution,
+    *,
+    settings: Settings,
+    generation: int,
+    now: datetime,
+) -> BatchStatus:
+    """Inputs are there: check storage, apply the children, read back how the run is."""
+    meta = body["metadata"]
+    owner = Owner(kind.info.kind, meta["name"], meta["namespace"], meta["uid"])
+    layout = kind.layout(spec)
+    fields = uri_fields(spec)
+    artifacts = storagecheck.artifacts(owner, spec, settings, resolution.uris, fields)
+    if artifacts is None:
+        missing = storagecheck.not_configured(owner.kind)
+        _refuse(kind, body, current, missing, generation=generation, now=now)
+    output_uri = artifacts.output
+    overlap = storagecheck.nested_output(output_uri, artifacts.reads)
+    if overlap:
+        _reject(kind, body, current, "; ".join(overlap), generation=generation, now=now)
+    if owner.uid not in _APPLIED and current.phase in (None, Phase.PENDING):
+        refusal = _preflight(owner, artifacts, layout.workers)
+        if refusal is not None:
+            _refuse(kind, body, current, refusal, generation=generation, now=now)
+    config = task_config(owner, spec, resolution.uris, output_uri)
+    children = [
+        desired_configmap(owner, layout, config),
+        desired_service(owner, layout),
+        desired_job(owner, spec, layout, settings, artifacts),
+    ]
+    token = desired_ray_token(owner, layout, secrets.token_urlsafe(32))
+    rejected: str | None = None
+    try:
+        job = _apply_children(
+            owner, [c for c in children if c is not None], [token] if token else []
+        )
+    except k8s.ApiError as exc:
+        if exc.status != 422:
+            raise
+        rejected = exc.message
+        job = k8s.get("batch/v1", "Job", owner.namespace, job_name(owner))
+    new = compute_status(
+        current,
+        job,
+        generation=generation,
+        output_uri=output_uri,
+        now=now,
+        pods=_pod_report(owner.namespace, job),
+    ).model_copy(update={"lineage": resolution.lineage})
+    return _mark_rejected_change(new, current, rejected, generation=generation, now=now)
+
+
 def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStatus:
     meta, generation = body["metadata"], int(body["metadata"].get("generation", 1))
     old_status = dict(body.get("status", {}) or {})
@@ -194,6 +305,7 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
     try:
         spec = kind.parse(dict(body["spec"]))
         problems = semantic_errors(kind, meta["name"], spec)
+        problems += storagecheck.spec_errors(settings, uri_fields(spec))
     except ValidationError as exc:
         problems = [str(exc)]
     if problems:
@@ -214,34 +326,9 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
             current, generation=generation, now=now, reason=reason, message=message
         )
     else:
-        layout = kind.layout(spec)
-        output_uri = spec.output.uri
-        config = task_config(owner, spec, resolution.uris, output_uri)
-        children = [
-            desired_configmap(owner, layout, config),
-            desired_service(owner, layout),
-            desired_job(owner, spec, layout, settings),
-        ]
-        token = desired_ray_token(owner, layout, secrets.token_urlsafe(32))
-        rejected: str | None = None
-        try:
-            job = _apply_children(
-                owner, [c for c in children if c is not None], [token] if token else []
-            )
-        except k8s.ApiError as exc:
-            if exc.status != 422:
-                raise
-            rejected = exc.message
-            job = k8s.get("batch/v1", "Job", owner.namespace, job_name(owner))
-        new = compute_status(
-            current,
-            job,
-            generation=generation,
-            output_uri=output_uri,
-            now=now,
-            pods=_pod_report(owner.namespace, job),
-        ).model_copy(update={"lineage": resolution.lineage})
-        new = _mark_rejected_change(new, current, rejected, generation=generation, now=now)
+        new = _run(
+            kind, body, current, spec, resolution, settings=settings, generation=generation, now=now
+        )
     changed = _status_patch(old_status, new)
     if changed:
         _write_status(kind, body, changed)
@@ -259,11 +346,22 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
 
 
 def _measured(kind: BatchKind, body: kopf.Body, settings: Settings) -> None:
+    meta = body["metadata"]
     try:
         with metrics.reconcile_observed(kind.info.kind, stale=(StaleReadError,)):
             reconcile(kind, body, settings)
     except StaleReadError as exc:
         raise kopf.TemporaryError(str(exc), delay=0.5) from exc
+    except RefusedError as exc:
+        if not exc.refusal.retry:
+            raise kopf.PermanentError(exc.refusal.message) from exc
+        # Whichever path found it (own event, upstream, Job), the resource looks again.
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        LATER.call(
+            uid,
+            REFUSAL_RETRY_SECONDS,
+            lambda: _reconcile_fresh(kind, namespace, name, settings, uid=uid),
+        )
 
 
 def register(kind: BatchKind, settings: Settings) -> None:
@@ -284,6 +382,7 @@ def register(kind: BatchKind, settings: Settings) -> None:
         phase = body.get("status", {}).get("phase")
         if type == "DELETED":
             metrics.forget_resource(body["metadata"]["uid"])
+            LATER.cancel(body["metadata"]["uid"])
             _APPLIED.pop(body["metadata"]["uid"], None)
             _FINISHED_SEEN.pop(body["metadata"]["uid"], None)
             return
@@ -331,6 +430,8 @@ def _reconcile_fresh(
         try:
             _measured(kind, kopf.Body(cast(kopf.RawBody, current)), settings)
             return
+        except kopf.PermanentError:
+            return  # the status already says why; nothing to retry until the spec changes
         except kopf.TemporaryError:
             continue
 
