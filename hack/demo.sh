@@ -27,6 +27,26 @@ modelsmith run --namespace "$ns" --metrics-port 0 --log-format text >"$log" 2>&1
 operator=$!
 trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null || true' EXIT
 
+echo "== the claim the chain's artifacts live on (samples/storage.yaml)"
+# The dev cluster has no provisioner yet: a hostPath volume reserved for the sample
+# claim lets the real PV controller bind it. kwok's nodes never write to it.
+kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $ns-artifacts}
+spec:
+  capacity: {storage: 100Gi}
+  accessModes: [ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {path: /tmp/modelsmith-pv/$ns-artifacts}
+  claimRef: {namespace: $ns, name: modelsmith-artifacts}
+YAML
+kubectl get pvc -n "$ns" modelsmith-artifacts >/dev/null 2>&1 ||
+  python3 -c 'import sys, yaml; d = yaml.safe_load(open("samples/storage.yaml")); d["spec"]["storageClassName"] = ""; print(yaml.safe_dump(d))' |
+  kubectl apply -n "$ns" -f - >/dev/null
+kubectl wait -n "$ns" --for=jsonpath='{.status.phase}'=Bound --timeout=60s pvc/modelsmith-artifacts
+
 echo "== applying the chain: samples/chain.yaml first (it waits), then samples/datapipeline.yaml"
 for f in samples/chain.yaml samples/datapipeline.yaml; do
   kubectl delete -n "$ns" -f "$f" --ignore-not-found --wait >/dev/null
@@ -50,7 +70,7 @@ kubectl apply -n "$ns" -f samples/inferenceservice.yaml
 kubectl wait -n "$ns" --for=condition=Ready --timeout=120s misvc/tiny-chat
 echo "== a new model version: it starts as canary and gets 5% once ready"
 kubectl patch -n "$ns" misvc/tiny-chat --type=merge \
-  -p '{"spec":{"model":{"fromRef":null,"uri":"file:///data/models/tiny-llama-chat"}}}'
+  -p '{"spec":{"model":{"fromRef":null,"uri":"pvc://modelsmith-artifacts/models/tiny-llama-chat"}}}'
 kubectl wait -n "$ns" --for=jsonpath='{.status.canaryWeight}'=5 --timeout=120s misvc/tiny-chat
 kubectl get misvc -n "$ns"
 kubectl get configmap tiny-chat-routes -n "$ns" -o jsonpath='{.data.routes\.json}'; echo

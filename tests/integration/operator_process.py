@@ -67,8 +67,10 @@ class OperatorProcess:
 
 
 @contextmanager
-def operator_process(kubeconfig: Path, log: Path, *args: str) -> Iterator[OperatorProcess]:
-    env = os.environ | {"KUBECONFIG": str(kubeconfig)}
+def operator_process(
+    kubeconfig: Path, log: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[OperatorProcess]:
+    env = os.environ | {"KUBECONFIG": str(kubeconfig)} | (env or {})
     env.pop("MODELSMITH_STATUS_PORT", None)  # the in-process operators' port, not ours
     argv = [sys.executable, "-m", "modelsmith", "run", "--log-format=json", "--status-port=0"]
     with log.open("wb") as sink:

@@ -7,6 +7,8 @@ came from.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from kubernetes import client
 
 from modelsmith.batchkinds import PLURALS
 from tests.helpers import wait_for
+from tests.integration.claims import bound_claims, sample_claim
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +50,13 @@ def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
 
 
+@pytest.fixture(autouse=True)
+def _artifacts_claim(namespace: str) -> Iterator[None]:
+    """The claim samples/storage.yaml asks users to create before the chain."""
+    with bound_claims(namespace, sample_claim()):
+        yield
+
+
 def test_chain_runs_in_order_and_records_lineage(operator: KopfRunner, namespace: str) -> None:
     docs = _docs()
     for doc in reversed(docs):
@@ -71,9 +81,9 @@ def test_chain_runs_in_order_and_records_lineage(operator: KopfRunner, namespace
         )
 
     upstream_uri = {
-        "PretrainJob": "file:///data/shards/tiny-corpus",
-        "FineTune": "file:///data/models/tiny-llama",
-        "QuantizeJob": "file:///data/models/tiny-llama-chat",
+        "PretrainJob": "pvc://modelsmith-artifacts/shards/tiny-corpus",
+        "FineTune": "pvc://modelsmith-artifacts/models/tiny-llama",
+        "QuantizeJob": "pvc://modelsmith-artifacts/models/tiny-llama-chat",
     }
     for kind, uri in upstream_uri.items():
         name = next(n for k, n in names if k == kind)
@@ -91,6 +101,41 @@ def test_chain_runs_in_order_and_records_lineage(operator: KopfRunner, namespace
         assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "8"
     service = core.read_namespaced_service("tiny-llama-workers", namespace)
     assert service.spec.cluster_ip == "None"
+    _every_pod_mounts_the_claim(namespace)
+
+
+def _every_pod_mounts_the_claim(namespace: str) -> None:
+    """Each stage's pods as the API server has them: the claim read-write where the
+    output is, read-only where inputs are, writable by the images' uid via fsGroup."""
+    pods = client.CoreV1Api().list_namespaced_pod(namespace).items
+    assert {p.metadata.labels["batch.kubernetes.io/job-name"] for p in pods} == {
+        "tiny-corpus-run",
+        "tiny-llama-run",
+        "tiny-llama-chat-run",
+        "tiny-llama-chat-int4-run",
+    }
+    for pod in pods:
+        security = pod.spec.security_context
+        assert (security.fs_group, security.fs_group_change_policy) == (10001, "OnRootMismatch")
+        assert security.run_as_non_root is True
+        [claim] = [v for v in pod.spec.volumes if v.persistent_volume_claim]
+        assert claim.persistent_volume_claim.claim_name == "modelsmith-artifacts"
+        assert claim.persistent_volume_claim.read_only is False
+        container = pod.spec.containers[0]
+        assert container.security_context.read_only_root_filesystem is True
+        modes = {
+            m.mount_path: bool(m.read_only) for m in container.volume_mounts if m.name == claim.name
+        }
+        assert modes == {
+            "/mnt/modelsmith/rw/modelsmith-artifacts": False,
+            "/mnt/modelsmith/ro/modelsmith-artifacts": True,
+        }, pod.metadata.name
+        env = {e.name: e.value for e in container.env}
+        table = json.loads(env["MODELSMITH_MOUNTS"])
+        assert table["pvc://modelsmith-artifacts"] == "/mnt/modelsmith/rw/modelsmith-artifacts"
+        reads = {k: v for k, v in table.items() if k != "pvc://modelsmith-artifacts"}
+        assert reads, pod.metadata.name
+        assert all(v.startswith("/mnt/modelsmith/ro/modelsmith-artifacts/") for v in reads.values())
 
 
 def test_missing_upstream_is_waited_for_and_failed_upstream_fails(

@@ -12,6 +12,7 @@ import pytest
 from kopf.testing import KopfRunner
 
 from modelsmith.devcluster.cluster import DevCluster
+from tests.integration.claims import bound_claims, sample_claim
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +28,11 @@ BATCH = {
 def test_kubectl_wait_and_get_work_on_every_kind(
     operator: KopfRunner, dev_cluster: DevCluster, namespace: str
 ) -> None:
+    with bound_claims(namespace, sample_claim()):
+        _apply_and_wait(dev_cluster, namespace)
+
+
+def _apply_and_wait(dev_cluster: DevCluster, namespace: str) -> None:
     for sample in ("datapipeline.yaml", "chain.yaml", "inferenceservice.yaml"):
         dev_cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / sample))
 

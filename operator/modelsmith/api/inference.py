@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from modelsmith.api.common import Input, Name, Resources, cel, defaulted
+from modelsmith.api.common import Input, Name, Resources, Storage, cel, defaulted
 from modelsmith.api.meta import CamelModel, Condition, KindInfo
 
 Duration = Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$", max_length=64)]
@@ -291,6 +291,15 @@ class InferenceServiceSpec(CamelModel):
         default=None, description="Progressive delivery; unset replaces revisions at once."
     )
     image: str | None = Field(default=None, max_length=512, description="Override the image.")
+    storage: Storage = defaulted(
+        Storage,
+        "How the servers reach the model: a pvc:// model is mounted read-only; an s3:// "
+        "model is fetched by an init container into an emptyDir of scratchSize before the "
+        "server starts, so readiness means loaded.",
+    )
+    service_account_name: Name | None = Field(
+        default=None, description="ServiceAccount the servers run as (workload identity)."
+    )
 
 
 class ServingPhase(StrEnum):

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from modelsmith.api import uri
 from modelsmith.api.inference import (
     Autoscaling,
     AutoscalingMetric,
@@ -21,6 +22,7 @@ from modelsmith.api.inference import (
     InferenceServiceSpec,
     Runtime,
 )
+from modelsmith.builders import storage
 from modelsmith.builders.batch import Owner
 from modelsmith.config import Settings
 from modelsmith.contract import TASK_API_VERSION, TASK_CONFIG_DIR, TASK_CONFIG_KEY, TASK_CONFIG_PATH
@@ -43,6 +45,8 @@ _REVISION_FIELDS = (
     "outputFilter",
     "servedModelName",
     "image",
+    "storage",
+    "serviceAccountName",
 )
 """What goes into a server pod: a change of any of these is a new revision. Replicas and
 autoscaling are not: they scale whichever revision is serving."""
@@ -116,8 +120,41 @@ def desired_revision_configmap(
     }
 
 
-def _local_path(uri: str) -> str:
-    return uri.removeprefix("file://")
+def _model_storage(
+    spec: InferenceServiceSpec, model_uri: str, settings: Settings
+) -> tuple[str, storage.Mounts, list[dict[str, Any]]]:
+    """Where the model is inside the server pod, what gets it there, and the init
+    containers that fetch it. A claim is mounted read-only (one copy for every
+    replica and revision); object storage is downloaded before the server starts, by
+    the server image's `fetch`, so a half-written model is refused there (Init:Error)
+    and restarts of the server do not download again."""
+    location = uri.parse(model_uri)
+    if location.scheme == uri.Scheme.NODE:
+        return location.path, storage.Mounts(), []
+    if location.scheme == uri.Scheme.PVC:
+        mounts = storage.claim_mounts(None, [model_uri])
+        return mounts.table[f"pvc://{location.root}"] + f"/{location.path}", mounts, []
+    mounts = storage.Mounts(
+        volumes=[{"name": "model", "emptyDir": {"sizeLimit": spec.storage.scratch_size}}],
+        mounts=[{"name": "model", "mountPath": storage.MODEL_DIR, "readOnly": True}],
+        table={model_uri.rstrip("/"): storage.MODEL_DIR},
+    )
+    scratch_volume, scratch_mount, scratch_env = storage.scratch(spec.storage.scratch_size)
+    secret = spec.storage.secret_ref.name if spec.storage.secret_ref else None
+    if secret is None and spec.service_account_name is None:
+        secret = settings.default_storage_secret
+    fetch = {
+        "name": "fetch-model",
+        "image": settings.image("server"),
+        "args": ["fetch", f"--uri={model_uri}", f"--dest={storage.MODEL_DIR}"],
+        "env": scratch_env + storage.credentials_env(secret),
+        "volumeMounts": [{"name": "model", "mountPath": storage.MODEL_DIR}, scratch_mount],
+        "resources": {"requests": {"ephemeral-storage": spec.storage.scratch_size}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(storage.CONTAINER_SECURITY),
+    }
+    mounts.volumes.append(scratch_volume)
+    return storage.MODEL_DIR, mounts, [fetch]
 
 
 def _server_container(
@@ -125,11 +162,13 @@ def _server_container(
 ) -> dict[str, Any]:
     """The builtin server reads its task config; vLLM and KServe's HF server take flags."""
     served = spec.served_model_name or owner.name
+    model_dir, mounts, _init = _model_storage(spec, model_uri, settings)
     env: list[dict[str, Any]] = [{"name": "MODELSMITH_REVISION", "value": revision}]
+    env += mounts.env_table()
     if spec.runtime == Runtime.VLLM:
         image = spec.image or VLLM_IMAGE
         args = [
-            f"--model={_local_path(model_uri)}",
+            f"--model={model_dir}",
             f"--served-model-name={served}",
             f"--port={SERVER_PORT}",
             f"--max-num-seqs={spec.batching.max_batch_size}",
@@ -140,7 +179,7 @@ def _server_container(
         ready, live = "/health", "/health"
     elif spec.runtime == Runtime.KSERVE:
         image = spec.image or KSERVE_HF_IMAGE
-        args = [f"--model_name={served}", f"--model_dir={_local_path(model_uri)}"]
+        args = [f"--model_name={served}", f"--model_dir={model_dir}"]
         args.append(f"--http_port={SERVER_PORT}")
         ready, live = "/v2/health/ready", "/v2/health/live"
     else:
@@ -175,22 +214,47 @@ def _server_container(
             "failureThreshold": 6,
         },
         "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+        "volumeMounts": list(mounts.mounts),
     }
 
 
 def _mount_config(
-    revision: str, spec: InferenceServiceSpec, container: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """The builtin server's task config and API key files; the volumes they need."""
+    rev: Revision, settings: Settings, container: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model's volumes and init containers; for the builtin server also its task
+    config and API key files. Returns (volumes, init containers)."""
+    spec = rev.spec
+    _dir, model, init = _model_storage(spec, rev.model_uri, settings)
+    volumes = list(model.volumes)
     if spec.runtime != Runtime.BUILTIN:
-        return []
-    volumes: list[dict[str, Any]] = [{"name": "task-config", "configMap": {"name": revision}}]
+        return volumes, init
+    volumes.append({"name": "task-config", "configMap": {"name": rev.name}})
     mounts = [{"name": "task-config", "mountPath": TASK_CONFIG_DIR, "readOnly": True}]
     if spec.api_key_secret:
         volumes.append({"name": "api-key", "secret": {"secretName": spec.api_key_secret.name}})
         mounts.append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
-    container["volumeMounts"] = mounts
-    return volumes
+    container["volumeMounts"] = [*container["volumeMounts"], *mounts]
+    return volumes, init
+
+
+def _server_pod(
+    spec: InferenceServiceSpec,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    init: list[dict[str, Any]],
+) -> dict[str, Any]:
+    pod: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    if init:
+        pod["initContainers"] = init
+    if volumes:
+        # The images' gid: a claim or emptyDir the fetch writes is readable by the server.
+        pod["securityContext"] = {
+            "fsGroup": storage.FS_GROUP,
+            "fsGroupChangePolicy": "OnRootMismatch",
+        }
+    if spec.service_account_name:
+        pod["serviceAccountName"] = spec.service_account_name
+    return pod
 
 
 def desired_revision_deployment(
@@ -199,7 +263,7 @@ def desired_revision_deployment(
     """``replicas`` None: an HPA owns the count, so apply must not fight it."""
     revision = rev.name
     container = _server_container(owner, revision, rev.spec, rev.model_uri, settings)
-    volumes = _mount_config(revision, rev.spec, container)
+    volumes, init = _mount_config(rev, settings, container)
     selector = {"app.kubernetes.io/instance": owner.name, REVISION_LABEL: revision}
     meta = _revision_metadata(owner, revision)
     template_meta = {
@@ -216,7 +280,7 @@ def desired_revision_deployment(
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
         "template": {
             "metadata": template_meta,
-            "spec": {"containers": [container], "volumes": volumes},
+            "spec": _server_pod(rev.spec, container, volumes, init),
         },
     }
     if replicas is not None:
@@ -449,10 +513,10 @@ def desired_kserve(
     container["name"] = "kserve-container"
     for probe in ("readinessProbe", "livenessProbe"):
         container.pop(probe)
-    predictor: dict[str, Any] = {"containers": [container]}
-    volumes = _mount_config(revision, spec, container)
-    if volumes:
-        predictor["volumes"] = volumes
+    volumes, init = _mount_config(rev, settings, container)
+    predictor: dict[str, Any] = {
+        k: v for k, v in _server_pod(spec, container, volumes, init).items() if v
+    }
     if spec.autoscaling:
         predictor["minReplicas"] = spec.autoscaling.min_replicas
         predictor["maxReplicas"] = spec.autoscaling.max_replicas

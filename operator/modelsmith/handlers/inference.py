@@ -20,7 +20,7 @@ from typing import Any, NoReturn, cast
 import kopf
 from pydantic import ValidationError
 
-from modelsmith import k8s, metrics
+from modelsmith import k8s, metrics, storagecheck
 from modelsmith.api.inference import (
     INFERENCESERVICE,
     Backend,
@@ -53,6 +53,7 @@ from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.contract import TASK_CONFIG_KEY, TaskConfig
 from modelsmith.refs import resolve, waiting_reason
+from modelsmith.validation import uri_fields
 
 log = logging.getLogger(__name__)
 KIND = INFERENCESERVICE.kind
@@ -205,6 +206,9 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         spec = InferenceServiceSpec.model_validate(dict(body["spec"]))
     except ValidationError as exc:
         _reject(body, current, str(exc), gen)
+    problems = storagecheck.spec_errors(settings, uri_fields(spec))
+    if problems:
+        _reject(body, current, "; ".join(problems), gen)
     owner = Owner(KIND, meta["name"], meta["namespace"], meta["uid"])
     now = datetime.now(UTC)
 

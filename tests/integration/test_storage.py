@@ -1,0 +1,183 @@
+"""Storage refusals and the default store, against the real API server and PV controller.
+
+Each refusal must say why in the resource's own status and create no Job: a claim that
+does not exist, a ReadWriteOnce claim under a two-pod run, a Secret that does not exist,
+a node path where the operator is not told nodes have it, and no store at all. The
+operators here run as processes without the test tier's allowNodePaths, as a real
+install would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from modelsmith.devcluster.cluster import DevCluster
+from tests.helpers import wait_for
+from tests.integration.claims import bound_claims, claim
+from tests.integration.operator_process import OperatorProcess, operator_process
+
+pytestmark = pytest.mark.integration
+
+GROUP = ("modelsmith.io", "v1alpha1")
+STORE_ENV = {
+    "MODELSMITH_ALLOW_NODE_PATHS": "false",
+    "MODELSMITH_DEFAULT_STORAGE": "pvc://store",
+}
+
+
+@pytest.fixture
+def real_operator(
+    dev_cluster: DevCluster, crds: list[str], namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    args = ("--standalone", f"--namespace={namespace}", "--metrics-port=0")
+    with operator_process(dev_cluster.kubeconfig, tmp_path / "op.log", *args, env=STORE_ENV) as op:
+        yield op
+
+
+def _pipeline(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelsmith.io/v1alpha1",
+        "kind": "DataPipeline",
+        "metadata": {"name": name},
+        "spec": {"sources": [{"uri": "pvc://raw/corpus.jsonl", "format": "jsonl"}]} | spec,
+    }
+
+
+def _create(namespace: str, doc: dict[str, Any]) -> None:
+    client.CustomObjectsApi().create_namespaced_custom_object(
+        *GROUP, namespace, "datapipelines", doc
+    )
+
+
+def _get(namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(
+        *GROUP, namespace, "datapipelines", name
+    )
+    return obj
+
+
+def _ready(namespace: str, name: str, reason: str) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        for cond in _get(namespace, name).get("status", {}).get("conditions", []):
+            if cond["type"] == "Ready" and cond["reason"] == reason:
+                return dict(cond)
+        return None
+
+    return wait_for(found, timeout=60, what=f"{name}: Ready=False with reason {reason}")
+
+
+def _jobs(namespace: str) -> list[str]:
+    return [j.metadata.name for j in client.BatchV1Api().list_namespaced_job(namespace).items]
+
+
+def _events(namespace: str, name: str) -> list[str]:
+    events = (
+        client.CoreV1Api()
+        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+        .items
+    )
+    return [e.reason for e in events]
+
+
+def test_a_missing_claim_is_a_condition_until_it_exists(
+    real_operator: OperatorProcess, namespace: str
+) -> None:
+    _create(namespace, _pipeline("waits", output={"uri": "pvc://out/shards"}))
+    ready = _ready(namespace, "waits", "ClaimNotFound")
+    assert ready["status"] == "False"
+    assert "PersistentVolumeClaim out, raw not found" in ready["message"]
+    assert _get(namespace, "waits")["status"]["phase"] == "Pending"
+    assert _jobs(namespace) == []
+    wait_for(lambda: "ClaimNotFound" in _events(namespace, "waits"), what="a Warning event")
+
+    with bound_claims(namespace, claim("out", "ReadWriteOnce"), claim("raw", "ReadOnlyMany")):
+        # Nothing the operator may watch announces a claim: it looks again by itself.
+        wait_for(lambda: _jobs(namespace) == ["waits-run"], timeout=60, what="the Job")
+        job = client.BatchV1Api().read_namespaced_job("waits-run", namespace)
+        volumes = {v.name: v.persistent_volume_claim for v in job.spec.template.spec.volumes}
+        claims = {v.claim_name: v.read_only for v in volumes.values() if v is not None}
+        assert claims == {"out": False, "raw": True}
+
+
+def test_a_read_write_once_claim_refuses_a_two_pod_run(
+    real_operator: OperatorProcess, namespace: str
+) -> None:
+    with bound_claims(namespace, claim("out", "ReadWriteOnce"), claim("raw", "ReadOnlyMany")):
+        _create(namespace, _pipeline("two", output={"uri": "pvc://out/shards"}, workers=2))
+        ready = _ready(namespace, "two", "ClaimAccessModeConflict")
+        assert (
+            "this run has 2 pods but PersistentVolumeClaim out is ReadWriteOnce"
+            in (ready["message"])
+        )
+        assert "ReadWriteMany" in ready["message"]
+        assert _jobs(namespace) == []
+
+
+def test_a_missing_secret_is_a_condition_until_it_exists(
+    real_operator: OperatorProcess, namespace: str
+) -> None:
+    doc = _pipeline(
+        "keys",
+        sources=[{"uri": "s3://raw-bucket/corpus.jsonl", "format": "jsonl"}],
+        output={"uri": "s3://out-bucket/shards"},
+        storage={"secretRef": {"name": "s3-keys"}},
+    )
+    _create(namespace, doc)
+    ready = _ready(namespace, "keys", "SecretNotFound")
+    assert "Secret s3-keys (storage credentials) not found" in ready["message"]
+    assert _jobs(namespace) == []
+
+    client.CoreV1Api().create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "s3-keys"},
+            "stringData": {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"},
+        },
+    )
+    wait_for(lambda: _jobs(namespace) == ["keys-run"], timeout=60, what="the Job")
+    pod = client.BatchV1Api().read_namespaced_job("keys-run", namespace).spec.template.spec
+    env = {e.name: e.value_from.secret_key_ref for e in pod.containers[0].env if e.value_from}
+    assert env["AWS_SECRET_ACCESS_KEY"].name == "s3-keys"
+    assert not [v for v in pod.volumes if v.persistent_volume_claim]
+
+
+def test_node_paths_are_refused_where_the_operator_is_not_told_of_them(
+    real_operator: OperatorProcess, namespace: str
+) -> None:
+    _create(namespace, _pipeline("local", output={"uri": "file:///data/shards"}))
+    ready = _ready(namespace, "local", "InvalidSpec")
+    assert "spec.output.uri: file:///data/shards is a path on the node" in ready["message"]
+    assert _jobs(namespace) == []
+
+
+def test_without_output_uri_the_run_publishes_under_the_default_store(
+    real_operator: OperatorProcess, namespace: str
+) -> None:
+    with bound_claims(namespace, claim("store", "ReadWriteOnce"), claim("raw", "ReadOnlyMany")):
+        _create(namespace, _pipeline("stored"))
+        wait_for(lambda: _jobs(namespace) == ["stored-run"], timeout=60, what="the Job")
+    uid = _get(namespace, "stored")["metadata"]["uid"]
+    config = client.CoreV1Api().read_namespaced_config_map("stored-task", namespace)
+    task = json.loads(config.data["task.json"])
+    assert task["output"] == f"pvc://store/{namespace}/datapipeline/stored/{uid}"
+    assert task["uid"] == uid
+
+
+def test_without_any_store_the_run_says_storage_is_not_configured(
+    dev_cluster: DevCluster, crds: list[str], namespace: str, tmp_path: Path
+) -> None:
+    args = ("--standalone", f"--namespace={namespace}", "--metrics-port=0")
+    env = {"MODELSMITH_DEFAULT_STORAGE": "", "MODELSMITH_ALLOW_NODE_PATHS": "false"}
+    with operator_process(dev_cluster.kubeconfig, tmp_path / "op.log", *args, env=env):
+        _create(namespace, _pipeline("nowhere"))
+        ready = _ready(namespace, "nowhere", "StorageNotConfigured")
+        assert (
+            "spec.output.uri is not set and the operator has no default store" in (ready["message"])
+        )
+        assert _jobs(namespace) == []
