@@ -30,7 +30,6 @@ class Reason(StrEnum):
     CLAIM_NOT_FOUND = "ClaimNotFound"
     CLAIM_ACCESS_MODE = "ClaimAccessModeConflict"
     SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 (a reason, not a secret)
-    POD_CANNOT_START = "PodCannotStart"
 
 
 def set_condition(
