@@ -29,6 +29,7 @@ class Reason(StrEnum):
     STORAGE_NOT_CONFIGURED = "StorageNotConfigured"
     CLAIM_NOT_FOUND = "ClaimNotFound"
     CLAIM_ACCESS_MODE = "ClaimAccessModeConflict"
+    POD_CANNOT_START = "PodCannotStart"
     SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 (a reason, not a secret)
 
 

@@ -49,6 +49,37 @@ class PodReport:
     failure: ErrorInfo | None = None
     """Why the most recent failed pod failed, in the workload's own words."""
     progress: Progress | None = None
+    stuck: str | None = None
+    """Why a pod cannot start, in the kubelet's words (a missing Secret key, an image
+    that cannot be pulled): the run waits on the user, not on the scheduler."""
+
+
+STUCK_REASONS = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+    }
+)
+"""Waiting reasons that do not pass by themselves: the pod needs the user."""
+
+
+def stuck_reason(pod: dict[str, Any]) -> str | None:
+    """``pod NAME cannot start: REASON: MESSAGE`` for a pod in one of those states."""
+    status = pod.get("status", {}) or {}
+    containers = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+    for container in containers:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            name = pod.get("metadata", {}).get("name", "?")
+            message = f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+            return f"pod {name} cannot start: {message}"
+    return None
 
 
 def _terminated(pod: dict[str, Any]) -> tuple[str, Result | None]:
@@ -82,7 +113,8 @@ def summarize_pods(pods: list[dict[str, Any]]) -> PodReport:
             failure = result.error
         if result.progress is not None:
             progress = Progress(step=result.progress.step, total=result.progress.total)
-    return PodReport(published, checkpoint, failure, progress)
+    stuck = next((why for why in map(stuck_reason, pods) if why), None)
+    return PodReport(published, checkpoint, failure, progress, stuck)
 
 
 def waiting_status(
@@ -180,7 +212,10 @@ def compute_status(
             if report.checkpoint or current.last_checkpoint:
                 ckpt = report.checkpoint or current.last_checkpoint
                 message += f", resuming from {ckpt.uri if ckpt else ''}"
-        put("Ready", F, reason, message)
+        if report.stuck:
+            put("Ready", F, Reason.POD_CANNOT_START, report.stuck)
+        else:
+            put("Ready", F, reason, message)
         put("Progressing", T, reason, f"{job_status.get('succeeded', 0) or 0} worker(s) done")
 
     return current.model_copy(

@@ -66,6 +66,7 @@ def register_all() -> None:
     for kind in BATCH_KINDS:
         batch.register(kind, app_settings)
     batch.register_job_watch(app_settings)
+    batch.register_pod_watch(app_settings)
     inference.register(app_settings)
 
 

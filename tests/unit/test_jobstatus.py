@@ -218,3 +218,34 @@ def test_eta_is_linear_in_the_time_taken_so_far(
 ) -> None:
     progress = with_eta(step, total, T0, T0 + timedelta(seconds=100))
     assert (progress.step, progress.total, progress.eta_seconds) == (step, total, eta)
+
+
+def _waiting_pod(reason: str, message: str, *, init: bool = False) -> dict[str, Any]:
+    statuses = [{"name": "c", "state": {"waiting": {"reason": reason, "message": message}}}]
+    key = "initContainerStatuses" if init else "containerStatuses"
+    return {"metadata": {"name": "corpus-run-0-x"}, "status": {"phase": "Pending", key: statuses}}
+
+
+def test_a_pod_that_cannot_start_says_why_in_ready() -> None:
+    missing_key = "couldn't find key AWS_SECRET_ACCESS_KEY in Secret ml/s3-keys"
+    report = summarize_pods([_waiting_pod("CreateContainerConfigError", missing_key)])
+    assert report.stuck == (
+        f"pod corpus-run-0-x cannot start: CreateContainerConfigError: {missing_key}"
+    )
+    job = {"spec": {}, "status": {"active": 1, "ready": 0}}
+    status = compute_status(
+        BatchStatus(), job, generation=1, output_uri="s3://bkt/o", now=T0, pods=report
+    )
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "PodCannotStart")
+    assert missing_key in ready.message
+    assert status.phase == "Running"
+
+
+@pytest.mark.parametrize(
+    ("reason", "stuck"),
+    [("ContainerCreating", False), ("PodInitializing", False), ("ImagePullBackOff", True)],
+)
+def test_only_waits_that_need_the_user_count_as_stuck(reason: str, stuck: bool) -> None:
+    report = summarize_pods([_waiting_pod(reason, "m", init=True)])
+    assert (report.stuck is not None) == stuck

@@ -38,6 +38,7 @@ from modelsmith.jobstatus import (
     PodReport,
     blocked_status,
     compute_status,
+    stuck_reason,
     summarize_pods,
     waiting_status,
 )
@@ -65,9 +66,12 @@ def _fetch_upstream(namespace: str) -> Any:
 
 
 def _pod_report(namespace: str, job: dict[str, Any] | None) -> PodReport | None:
-    """Read the pods' termination messages, but only once some pod has finished."""
+    """Read the pods once some pod has finished (termination messages) or while some
+    active pod is not ready (it may be unable to start); otherwise the Job says it all."""
     status = (job or {}).get("status", {}) or {}
-    if job is None or not (status.get("succeeded") or status.get("failed")):
+    finished = status.get("succeeded") or status.get("failed")
+    unready = int(status.get("active", 0) or 0) > int(status.get("ready", 0) or 0)
+    if job is None or not (finished or unready):
         return None
     selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"
     return summarize_pods(k8s.list_("v1", "Pod", namespace, selector))
@@ -458,6 +462,31 @@ def _job_changed(job: kopf.Body) -> bool:
         return False
     _JOB_SEEN[uid] = seen
     return True
+
+
+_STUCK_SEEN: dict[str, str] = {}
+"""pod uid -> the reason last acted on, so a pod's every status write is not a reconcile."""
+
+
+def register_pod_watch(settings: Settings) -> None:
+    """A pod that cannot start (a Secret key missing, an image that cannot be pulled)
+    changes nothing on its Job, so the Job watch never hears of it; its owner's status
+    must, or users only find out with `kubectl describe pod`."""
+
+    @kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": "modelsmith"})
+    def on_pod(body: kopf.Body, type: str | None, **_: Any) -> None:
+        uid = body["metadata"]["uid"]
+        why = None if type == "DELETED" else stuck_reason(dict(body))
+        if why is None or _STUCK_SEEN.get(uid) == why:
+            if why is None:
+                _STUCK_SEEN.pop(uid, None)
+            return
+        _STUCK_SEEN[uid] = why
+        labels = body["metadata"].get("labels", {}) or {}
+        for kind in BATCH_KINDS:
+            name = labels.get(f"{GROUP}/{kind.info.kind.lower()}")
+            if name:
+                _reconcile_fresh(kind, body["metadata"]["namespace"], name, settings)
 
 
 def register_job_watch(settings: Settings) -> None:
