@@ -218,6 +218,21 @@ def _chart_template(kind: str, doc: dict[str, Any]) -> str:
     return f"{HEADER}{{{{- if .Values.crds.enabled }}}}\n{body}{{{{- end }}}}\n"
 
 
+NODE_PATHS_TEMPLATE = Path("charts") / "modelsmith" / "templates" / "node-paths-policy.yaml"
+_NAME = "modelsmith-node-paths-name"
+
+
+def render_node_paths_template() -> str:
+    """The node-path policy, installed unless the chart allows node paths."""
+    from modelsmith import nodepaths
+
+    body = "---\n".join(_dump(doc) for doc in nodepaths.policy(_NAME))
+    if "{{" in body:
+        raise ValueError("node-path policy text would be read as a Helm template")
+    body = body.replace(_NAME, '{{ include "modelsmith.fullname" . }}-node-paths')
+    return f"{HEADER}{{{{- if not .Values.storage.allowNodePaths }}}}\n{body}{{{{- end }}}}\n"
+
+
 def expected_files(root: Path = REPO_ROOT) -> dict[Path, str]:
     files = {root / "crds" / f"{info.crd_name}.yaml": render(info) for info in KINDS}
     for info in KINDS:
@@ -227,6 +242,7 @@ def expected_files(root: Path = REPO_ROOT) -> dict[Path, str]:
         name = doc["metadata"]["name"]
         files[root / "crds" / f"{name}.yaml"] = render_peering(kind)
         files[root / CHART_CRD_DIR / f"{name}.yaml"] = _chart_template(kind, doc)
+    files[root / NODE_PATHS_TEMPLATE] = render_node_paths_template()
     return files | argocd.generated_checks(root)
 
 

@@ -120,7 +120,7 @@ def _every_pod_mounts_the_claim(namespace: str) -> None:
         assert security.run_as_non_root is True
         [claim] = [v for v in pod.spec.volumes if v.persistent_volume_claim]
         assert claim.persistent_volume_claim.claim_name == "modelsmith-artifacts"
-        assert claim.persistent_volume_claim.read_only is False
+        assert not claim.persistent_volume_claim.read_only
         container = pod.spec.containers[0]
         assert container.security_context.read_only_root_filesystem is True
         modes = {

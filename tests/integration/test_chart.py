@@ -14,6 +14,7 @@ from modelsmith import k8s
 from modelsmith.api import KINDS
 from modelsmith.devcluster import tools
 from modelsmith.devcluster.cluster import DevCluster
+from tests.integration.claims import bound_claims, sample_claim
 from tests.integration.operator_process import operator_process, token_kubeconfig
 
 pytestmark = pytest.mark.integration
@@ -93,6 +94,8 @@ def test_watch_namespaces_confine_the_operator_and_its_rbac_to_them(
         dev_cluster,
         *("install", "ms", str(CHART), "--namespace", namespace),
         *("--set", "crds.enabled=false", "--set", f"watchNamespaces={{{namespace}}}"),
+        # Other tests of this session name node paths: no cluster-wide node-path policy.
+        *("--set", "storage.allowNodePaths=true"),
         *("--wait", "--timeout", "90s"),
     )
     deploy = json.loads(
@@ -119,7 +122,11 @@ def test_watch_namespaces_confine_the_operator_and_its_rbac_to_them(
 
     kubeconfig = token_kubeconfig(dev_cluster, namespace, "ms-modelsmith", tmp_path / "sa.yaml")
     args = ("--namespace", namespace, "--metrics-port=0", "--peering=ms-modelsmith")
-    with operator_process(kubeconfig, tmp_path / "operator.log", *args) as op:
+    with (
+        bound_claims(namespace, sample_claim()),
+        operator_process(kubeconfig, tmp_path / "operator.log", *args) as op,
+    ):
+        # The chart's identity looks the sample's claim up (persistentvolumeclaims get).
         dev_cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "datapipeline.yaml"))
         dev_cluster.kubectl(
             *("wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=90s"),

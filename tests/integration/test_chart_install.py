@@ -52,6 +52,8 @@ def release(dev_cluster: DevCluster, crds: list[str]) -> Iterator[Release]:
     helm(
         dev_cluster,
         *("install", "ms", str(CHART), "--namespace", ns),
+        # Other tests of this session name node paths: no cluster-wide node-path policy.
+        *("--set", "storage.allowNodePaths=true"),
         *("--take-ownership", "--force-conflicts", "--wait", "--timeout", "90s"),
     )
     rel = Release(ns)

@@ -3,6 +3,7 @@
 Each refusal must say why in the resource's own status and create no Job: a claim that
 does not exist, a ReadWriteOnce claim under a two-pod run, a Secret that does not exist,
 a node path where the operator is not told nodes have it, and no store at all. The
+chart's admission policy refuses node paths even earlier, at `kubectl apply`. The
 operators here run as processes without the test tier's allowNodePaths, as a real
 install would.
 """
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from modelsmith.devcluster.cluster import DevCluster
-from tests.helpers import wait_for
+from tests.helpers import kubectl_apply, wait_for
 from tests.integration.claims import bound_claims, claim
 from tests.integration.operator_process import OperatorProcess, operator_process
+from tests.integration.test_chart import CHART, helm
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +38,7 @@ STORE_ENV = {
 def real_operator(
     dev_cluster: DevCluster, crds: list[str], namespace: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
-    args = ("--standalone", f"--namespace={namespace}", "--metrics-port=0")
+    args = (f"--namespace={namespace}", "--metrics-port=0")
     with operator_process(dev_cluster.kubeconfig, tmp_path / "op.log", *args, env=STORE_ENV) as op:
         yield op
 
@@ -101,7 +104,7 @@ def test_a_missing_claim_is_a_condition_until_it_exists(
         wait_for(lambda: _jobs(namespace) == ["waits-run"], timeout=60, what="the Job")
         job = client.BatchV1Api().read_namespaced_job("waits-run", namespace)
         volumes = {v.name: v.persistent_volume_claim for v in job.spec.template.spec.volumes}
-        claims = {v.claim_name: v.read_only for v in volumes.values() if v is not None}
+        claims = {v.claim_name: bool(v.read_only) for v in volumes.values() if v is not None}
         assert claims == {"out": False, "raw": True}
 
 
@@ -172,7 +175,7 @@ def test_without_output_uri_the_run_publishes_under_the_default_store(
 def test_without_any_store_the_run_says_storage_is_not_configured(
     dev_cluster: DevCluster, crds: list[str], namespace: str, tmp_path: Path
 ) -> None:
-    args = ("--standalone", f"--namespace={namespace}", "--metrics-port=0")
+    args = (f"--namespace={namespace}", "--metrics-port=0")
     env = {"MODELSMITH_DEFAULT_STORAGE": "", "MODELSMITH_ALLOW_NODE_PATHS": "false"}
     with operator_process(dev_cluster.kubeconfig, tmp_path / "op.log", *args, env=env):
         _create(namespace, _pipeline("nowhere"))
@@ -181,3 +184,42 @@ def test_without_any_store_the_run_says_storage_is_not_configured(
             "spec.output.uri is not set and the operator has no default store" in (ready["message"])
         )
         assert _jobs(namespace) == []
+
+
+def test_the_charts_policy_refuses_node_paths_at_apply_time(
+    dev_cluster: DevCluster, crds: list[str], namespace: str
+) -> None:
+    """The chart's default render, with its binding narrowed to this test's namespace
+    (the rest of the session names node paths on purpose)."""
+    docs = [
+        d for d in yaml.safe_load_all(helm(dev_cluster, "template", "ms", str(CHART)).stdout) if d
+    ]
+    policy, binding = [d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    binding["spec"]["matchResources"] = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    }
+    for doc in (policy, binding):
+        dev_cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc))
+    try:
+        local = _pipeline("local", output={"uri": "pvc://out/shards"})
+        local["spec"]["sources"] = [{"uri": "file:///data/raw.txt", "format": "text"}]
+
+        def refused() -> str | None:
+            proc = kubectl_apply(dev_cluster, namespace, local)
+            return proc.stderr if proc.returncode != 0 else None
+
+        stderr = wait_for(refused, timeout=30, what="the policy to take effect")
+        assert "DataPipeline spec.sources[*].uri: file:// and bare paths" in stderr
+        assert "storage.allowNodePaths" in stderr
+        serving = {
+            "apiVersion": "modelsmith.io/v1alpha1",
+            "kind": "InferenceService",
+            "metadata": {"name": "chat"},
+            "spec": {"model": {"uri": "/models/chat"}},
+        }
+        proc = kubectl_apply(dev_cluster, namespace, serving)
+        assert proc.returncode != 0 and "InferenceService spec.model.uri" in proc.stderr
+        assert kubectl_apply(dev_cluster, namespace, _pipeline("claims")).returncode == 0
+    finally:
+        for doc in (binding, policy):
+            dev_cluster.kubectl("delete", doc["kind"], doc["metadata"]["name"], "--wait")
