@@ -38,6 +38,24 @@ def _outputs(output_uri: str, result: Result | None) -> Outputs:
     )
 
 
+def _running_message(active: int, restarts: int | None, ckpt: CheckpointStatus | None) -> str:
+    message = f"{active} worker(s) running" if active else "waiting for pods"
+    if restarts:
+        message += f"; {restarts} worker failure(s) retried"
+        if ckpt:
+            message += f", resuming from {ckpt.uri}"
+    return message
+
+
+def _finished_message(outputs: Outputs) -> str:
+    """ "Published" only on the workload's word (a digest in its result). A worker 0 that
+    exited 0 without one, or whose message was lost, may have published nothing: say
+    what is known, and let the artifact's own marker decide whether it exists."""
+    if outputs.digest:
+        return f"output published to {outputs.uri}"
+    return f"all workers finished, but none reported a published artifact at {outputs.uri}"
+
+
 @dataclass(frozen=True)
 class PodReport:
     """What the Job's finished pods said in their termination messages."""
@@ -184,7 +202,15 @@ def compute_status(
         phase = Phase.SUCCEEDED
         put("Succeeded", T, Reason.COMPLETED, "all workers finished")
         outputs = _outputs(output_uri, report.result)
-        put("Ready", T, Reason.COMPLETED, f"output published to {outputs.uri}")
+        if outputs.digest:
+            put("Ready", T, Reason.COMPLETED, f"output published to {outputs.uri}")
+        else:
+            # Worker 0 exited 0 without a result (or its message was lost): say only
+            # what is known; the artifact's own marker decides whether it exists.
+            message = (
+                f"all workers finished, but none reported a published artifact at {outputs.uri}"
+            )
+            put("Ready", T, Reason.COMPLETED, message)
         put("Progressing", F, Reason.COMPLETED, "")
         completion_time = _parse_time(job_status.get("completionTime")) or now
     elif failed:
@@ -206,16 +232,11 @@ def compute_status(
         phase = Phase.RUNNING if active else Phase.PENDING
         reason = Reason.RUNNING if active else Reason.JOB_CREATED
         put("Suspended", F, reason, "")
-        message = f"{active} worker(s) running" if active else "waiting for pods"
-        if restarts:
-            message += f"; {restarts} worker failure(s) retried"
-            if report.checkpoint or current.last_checkpoint:
-                ckpt = report.checkpoint or current.last_checkpoint
-                message += f", resuming from {ckpt.uri if ckpt else ''}"
+        ckpt = report.checkpoint or current.last_checkpoint
         if report.stuck:
             put("Ready", F, Reason.POD_CANNOT_START, report.stuck)
         else:
-            put("Ready", F, reason, message)
+            put("Ready", F, reason, _running_message(active, restarts, ckpt))
         put("Progressing", T, reason, f"{job_status.get('succeeded', 0) or 0} worker(s) done")
 
     return current.model_copy(

@@ -249,3 +249,34 @@ def test_a_pod_that_cannot_start_says_why_in_ready() -> None:
 def test_only_waits_that_need_the_user_count_as_stuck(reason: str, stuck: bool) -> None:
     report = summarize_pods([_waiting_pod(reason, "m", init=True)])
     assert (report.stuck is not None) == stuck
+
+
+def test_published_is_said_only_when_a_worker_reported_the_artifact() -> None:
+    job = {"spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    silent = compute_status(BatchStatus(), job, generation=1, output_uri="pvc://d/o", now=T0)
+    ready = next(c for c in silent.conditions if c.type == "Ready")
+    assert "published" not in ready.message.replace("reported a published", "")
+    assert "none reported a published artifact at pvc://d/o" in ready.message
+    pod = {
+        "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {
+                    "state": {
+                        "terminated": {
+                            "finishedAt": "2026-01-01T00:05:00Z",
+                            "message": '{"uri": "pvc://d/o-attempt-1", "digest": "sha256:ab"}',
+                        }
+                    }
+                }
+            ],
+        },
+    }
+    report = summarize_pods([pod])
+    done = compute_status(
+        BatchStatus(), job, generation=1, output_uri="pvc://d/o", now=T0, pods=report
+    )
+    ready = next(c for c in done.conditions if c.type == "Ready")
+    assert ready.message == "output published to pvc://d/o-attempt-1"
+    assert done.outputs is not None and done.outputs.uri == "pvc://d/o-attempt-1"

@@ -23,7 +23,12 @@ from modelsmith.contract import MOUNT_ROOT, MOUNTS_ENV, SCRATCH_DIR
 FS_GROUP = 10001
 """The images' uid and gid (`useradd --uid 10001`): fsGroup makes a claim writable."""
 REQUIRED_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-OPTIONAL_KEYS = ("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+OPTIONAL_KEYS = (
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+)
 MODEL_DIR = f"{MOUNT_ROOT}/model"
 """Where an InferenceService's init container fetches a remote model to."""
 
