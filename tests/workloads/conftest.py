@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from modelsmith.contract import TASK_API_VERSION, Result, parse_result
+from tests.workloads.s3 import s3, s3_endpoint  # noqa: F401 (fixtures for every module)
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,7 @@ def test_object_storage_sources_and_parts_go_through_fsspec() -> None:
     import fsspec
 
     from modelsmith.api.datapipeline import DataSource
+    from modelsmith.contract import Producer
     from modelsmith_runtime.data.parts import is_complete, load_part, part_uri, save_part
     from modelsmith_runtime.data.readers import list_source, read_documents
 
@@ -181,9 +182,12 @@ def test_object_storage_sources_and_parts_go_through_fsspec() -> None:
     )
     uri = part_uri("memory://bench-out/dataset", 1)
     assert not is_complete(uri, "run-a")
-    save_part(part, uri, "run-a", 1)
+    producer = Producer(kind="DataPipeline", name="test", attempt=0)
+    save_part(part, uri, "run-a", 1, producer)
     assert is_complete(uri, "run-a")
     assert not is_complete(uri, "run-b"), "a part of another run is not this run's"
+    save_part(part, uri, "run-b", 1, producer.model_copy(update={"attempt": 1}))
+    assert is_complete(uri, "run-b"), "a retried worker replaces its own stale part"
     loaded = load_part(uri)
     assert loaded.texts == part.texts
     assert loaded.hashes == part.hashes

@@ -141,7 +141,7 @@ def runs(dataset: tuple[str, dict[str, Any]], tmp_path_factory: pytest.TempPathF
     def config(name: str, **kwargs: Any) -> dict[str, Any]:
         return pretrain_config(uri, str(root / name / "model"), **kwargs)
 
-    # fsspec's local:// is not a local path to storage.local_path: it takes the code
+    # fsspec's local:// is not a local path to uris.local_path: it takes the code
     # path of s3:// and gs:// (DeepSpeed writes to a scratch folder, then uploads).
     remote = pretrain_config(
         uri,

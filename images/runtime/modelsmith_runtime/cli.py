@@ -1,5 +1,9 @@
 """`modelsmith-runtime <component> --task-config=…`: the images' one entrypoint.
 
+`modelsmith-runtime fetch --uri=URI --dest=DIR` is the InferenceService's init
+container: it verifies a published artifact and downloads it into the served pod's
+emptyDir, so a missing or corrupt model shows as Init:Error and is never served.
+
 Whatever happens, the process ends by writing a contract `Result` to the termination
 log and exiting with the contract's exit code, so the operator can tell bad input
 (fail now) from a transient failure (retry from the checkpoint).
@@ -18,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelsmith.contract import TASK_CONFIG_PATH, TERMINATION_LOG, ErrorInfo, ExitCode, Result
-from modelsmith_runtime import launch, raycluster
+from modelsmith_runtime import launch, raycluster, storage
 from modelsmith_runtime.errors import BadInputError, TransientError
 
 log = logging.getLogger("modelsmith_runtime")
@@ -71,22 +75,39 @@ def _component(name: str) -> Callable[[Path], Result]:
     return run
 
 
+def _fetch(uri: str, dest: Path) -> Result:
+    if not dest.is_dir():
+        raise BadInputError("InvalidArguments", f"--dest {dest} is not a directory")
+    return storage.fetch(uri, dest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelsmith-runtime")
-    parser.add_argument("component", choices=sorted(COMPONENTS))
+    parser.add_argument("component", choices=[*sorted(COMPONENTS), "fetch"])
     parser.add_argument("--task-config", type=Path, default=Path(TASK_CONFIG_PATH))
+    parser.add_argument("--uri", help="fetch: the published artifact")
+    parser.add_argument("--dest", type=Path, help="fetch: an existing directory to fill")
     args = parser.parse_args(argv)
+    if args.component == "fetch" and (not args.uri or args.dest is None):
+        parser.error("fetch needs --uri and --dest")
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=os.environ.get("MODELSMITH_LOG_LEVEL", "INFO"), handlers=[handler])
+    if args.component == "fetch":
+        return _run(lambda: _fetch(args.uri, args.dest))
     if raycluster.is_worker_pod(os.environ):
         return raycluster.serve_worker(os.environ)
     if args.component in launch.DISTRIBUTED and launch.should_launch(dict(os.environ)):
         code, result = launch.launch(args.component, args.task_config)
         write_result(result)
         return code
+    return _run(lambda: _component(args.component)(args.task_config))
+
+
+def _run(work: Callable[[], Result]) -> int:
+    """Run, write the Result and say by the exit code what a failure means."""
     try:
-        result = _component(args.component)(args.task_config)
+        result = work()
     except BadInputError as exc:
         log.error("bad input (%s): %s", exc.reason, exc.message)
         write_result(

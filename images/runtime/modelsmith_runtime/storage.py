@@ -1,142 +1,239 @@
-"""Reading and publishing artifacts at a URI, so nothing half-written looks complete.
+"""Publishing and reading artifacts, so nothing half-written looks complete and nothing
+published is ever replaced.
 
-A directory artifact is complete when it holds `COMPLETION_MARKER`, written last, which
-records the artifact's digest. On a local path (a PVC, `file://`) the directory is also
-built under a staging name and renamed into place, so a reader never even sees a
-partial one; on object storage (`s3://`, `gs://` through fsspec) files are uploaded
-first and the marker after them, and readers refuse an artifact without it.
+An artifact is a directory whose COMPLETION_MARKER, a JSON `Manifest` listing every
+file with its size and sha256, is written last. Readers take only the files it lists:
+the leftovers of a killed upload under the same prefix are never mistaken for part of
+it. On a local path (a mounted PVC, file://) the directory is built under a staging
+name beside the target and renamed into place, marker included, so it appears whole;
+on object storage there is no rename, so the files go up first and the marker after.
+
+Published artifacts are immutable. A retry whose output already holds a complete
+artifact (its predecessor published, then died before reporting) publishes beside it
+at `<output>-attempt-<n>` and reports that URI; a location without a marker holds
+nothing anyone trusts, so it may be reused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import errno
+import itertools
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelsmith.contract import COMPLETION_MARKER
+from fsspec.implementations.local import LocalFileSystem
+
+from modelsmith.contract import COMPLETION_MARKER, Manifest, ManifestFile, Producer, Result
 from modelsmith_runtime.errors import BadInputError
-
-PVC_ROOT = Path(os.environ.get("MODELSMITH_PVC_ROOT", "/mnt/pvc"))
-"""Where `pvc://<claim>/<path>` URIs are mounted inside the pods."""
-
-
-def local_path(uri: str) -> Path | None:
-    """The filesystem path a URI names, or None for object storage."""
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    if uri.startswith("pvc://"):
-        return PVC_ROOT / uri.removeprefix("pvc://")
-    if uri.startswith("/"):
-        return Path(uri)
-    return None
+from modelsmith_runtime.manifest import (
+    check_local,
+    corrupt,
+    digest_of,
+    file_sha256,
+    incomplete,
+    inventory,
+    parse,
+)
+from modelsmith_runtime.uris import local_path, open_fs, remote_fs
 
 
-def _digest(root: Path) -> str:
-    """sha256 over every file's relative path and content, in a stable order."""
-    outer = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if path.name == COMPLETION_MARKER:
-            continue
-        inner = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                inner.update(block)
-        outer.update(f"{path.relative_to(root).as_posix()}\0{inner.hexdigest()}\n".encode())
-    return f"sha256:{outer.hexdigest()}"
+@dataclass
+class Published:
+    """Filled in once `publish` has published: where, what, how many bytes."""
+
+    uri: str = ""
+    digest: str = ""
+    size_bytes: int = 0
 
 
-def _marker(digest: str, meta: dict[str, Any]) -> str:
-    return json.dumps({"digest": digest, **meta}, indent=2, sort_keys=True)
+def _candidates(uri: str, attempt: int) -> Iterator[str]:
+    """The output itself, then the places beside it a retry may publish at."""
+    yield uri
+    beside = f"{uri.rstrip('/')}-attempt-{attempt}"
+    yield beside
+    for n in itertools.count(2):
+        yield f"{beside}-{n}"
 
 
 @contextlib.contextmanager
-def publish(uri: str, meta: dict[str, Any] | None = None) -> Iterator[tuple[Path, list[str]]]:
-    """Yield an empty staging directory; on a clean exit, publish it at ``uri``.
+def publish(
+    uri: str,
+    meta: dict[str, Any] | None = None,
+    *,
+    producer: Producer | None = None,
+    replace: bool = False,
+) -> Iterator[tuple[Path, Published]]:
+    """Yield an empty staging directory; on a clean exit, publish it at ``uri`` or, if a
+    complete artifact is there already, beside it. On an exception nothing is published.
 
-    The second item receives the digest once published. On an exception nothing is
-    published and the staging directory is removed.
+    ``replace`` is for what is not an artifact downstream (a data worker's part): the
+    same writer's earlier result there is unpublished first, then replaced.
     """
-    digest_out: list[str] = []
+    out = Published()
     target = local_path(uri)
-    parent = target.parent if target is not None else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    if target is not None:  # staged beside the target: the rename stays on one filesystem
+        target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent if target else None))
     try:
-        yield staging, digest_out
-        digest = _digest(staging)
-        (staging / COMPLETION_MARKER).write_text(_marker(digest, meta or {}))
+        yield staging, out
+        files = inventory(staging, sync=target is not None)
+        digest = digest_of(files)
+        manifest = Manifest(
+            digest=digest, producer=producer, files=files, **(meta or {})
+        ).model_dump_json(by_alias=True, exclude_none=True, indent=2)
+        attempt = producer.attempt if producer else 0
+        candidates = iter([uri]) if replace else _candidates(uri, attempt)
         if target is not None:
-            _replace_dir(staging, target)
+            out.uri = _rename_into_place(staging, manifest, candidates, replace)
         else:
-            _upload(staging, uri)
-        digest_out.append(digest)
+            out.uri = _upload(staging, files, manifest, candidates, replace)
+        out.digest, out.size_bytes = digest, sum(file.size for file in files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Swap the staging directory in; an older artifact at the same place goes away."""
-    if target.exists():
-        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+def _set_aside(target: Path) -> None:
+    trash = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex[:8]}")
+    with contextlib.suppress(FileNotFoundError):
         target.rename(trash)
-        staging.rename(target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        staging.rename(target)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
-def _upload(staging: Path, uri: str) -> None:
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
+def _rename_into_place(
+    staging: Path, manifest: str, candidates: Iterator[str], replace: bool
+) -> str:
+    with (staging / COMPLETION_MARKER).open("w") as handle:
+        handle.write(manifest)
+        handle.flush()
+        os.fsync(handle.fileno())
+    for candidate in candidates:
+        target = local_path(candidate)
+        if target is None:
+            raise BadInputError("NotMounted", f"{candidate} is not mounted in this pod")
+        while True:
+            try:
+                staging.rename(target)  # atomic; refuses a directory that has content
+            except OSError as exc:
+                if exc.errno == errno.ENOTDIR:
+                    raise BadInputError(
+                        "InvalidOutput", f"{candidate} exists and is not a directory"
+                    ) from exc
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if (target / COMPLETION_MARKER).exists() and not replace:
+                    break  # complete: publish beside it, never over it
+                _set_aside(target)  # no marker: nothing anyone trusts, reuse the place
+                continue
+            fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the rename itself must survive the node
+            finally:
+                os.close(fd)
+            return candidate
+    raise AssertionError("unreachable: candidates never run out")
 
-    fs, root = fsspec.core.url_to_fs(uri)
-    marker = staging / COMPLETION_MARKER
-    if fs.exists(f"{root}/{COMPLETION_MARKER}"):
-        fs.rm(f"{root}/{COMPLETION_MARKER}")  # unpublish the old one before overwriting
-    # Object stores have no folders; a filesystem behind a URL (local://, a mount) does.
-    folders = isinstance(fs, LocalFileSystem)
-    for path in sorted(p for p in staging.rglob("*") if p.is_file() and p != marker):
-        target = f"{root}/{path.relative_to(staging).as_posix()}"
-        if folders:
-            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(path), target)
-    if folders:
-        fs.makedirs(root, exist_ok=True)
-    fs.put_file(str(marker), f"{root}/{COMPLETION_MARKER}")
+
+def _upload(
+    staging: Path,
+    files: list[ManifestFile],
+    manifest: str,
+    candidates: Iterator[str],
+    replace: bool,
+) -> str:
+    """Every file, then the marker. Object stores have no rename, so a location counts
+    as taken once its marker exists; a retry finding one moves on to the next place."""
+    for candidate in candidates:
+        fs, root = open_fs(candidate)
+        root = root.rstrip("/")
+        marker = f"{root}/{COMPLETION_MARKER}"
+        if fs.exists(marker):
+            if not replace:
+                continue
+            fs.rm_file(marker)  # unpublish before any of its files changes
+        remote = [f"{root}/{file.path}" for file in files]
+        if isinstance(fs, LocalFileSystem):  # a filesystem behind a URL (local://) has folders
+            for folder in {path.rsplit("/", 1)[0] for path in remote} | {root}:
+                fs.makedirs(folder, exist_ok=True)
+        if files:
+            fs.put([str(staging / file.path) for file in files], remote)
+        fs.pipe_file(marker, manifest.encode())
+        return candidate
+    raise AssertionError("unreachable: candidates never run out")
+
+
+def _download(fs: Any, root: str, uri: str, what: str, dest: Path) -> list[ManifestFile]:
+    """The listed files into ``dest``, each checked, then the marker last; the files."""
+    root = root.rstrip("/")
+    try:
+        raw = fs.cat_file(f"{root}/{COMPLETION_MARKER}")
+    except FileNotFoundError as exc:
+        raise incomplete(uri, what, f"has no {COMPLETION_MARKER}") from exc
+    manifest = parse(raw, uri, what)
+    (dest / COMPLETION_MARKER).unlink(missing_ok=True)  # an earlier partial fetch
+    files = manifest.files
+    if files:
+        local = [dest.joinpath(*file.path.split("/")) for file in files]
+        for file, path in zip(files, local, strict=True):
+            if file.path.startswith("/") or ".." in file.path.split("/"):
+                raise corrupt(uri, what, f"{file.path!r} leaves the artifact")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fs.get([f"{root}/{file.path}" for file in files], [str(p) for p in local])
+        except FileNotFoundError as exc:
+            raise corrupt(uri, what, f"a listed file is missing ({exc})") from exc
+        for file, path in zip(files, local, strict=True):
+            size = path.stat().st_size
+            if size != file.size:
+                raise corrupt(uri, what, f"{file.path} has {size} bytes, not {file.size}")
+            if file_sha256(path) != file.sha256:
+                raise corrupt(uri, what, f"{file.path} has other content")
+    else:  # a marker of an earlier version lists no files: the whole prefix, by digest
+        fs.get(f"{root}/", f"{dest}/", recursive=True)
+        files = inventory(dest)
+    if digest_of(files) != manifest.digest:
+        raise corrupt(uri, what, "the files do not add up to its digest")
+    (dest / COMPLETION_MARKER).write_bytes(raw)
+    return files
 
 
 def open_artifact(uri: str, what: str) -> Path:
-    """A complete artifact as a local directory (downloaded when remote)."""
-    target = local_path(uri)
-    if target is None:
-        import fsspec
+    """A complete artifact as a local directory: where it is mounted, or downloaded
+    into scratch (verified file by file); BadInputError for anything less."""
+    path = local_path(uri)
+    if path is not None:
+        check_local(path, uri, what)
+        return path
+    scratch = Path(tempfile.mkdtemp(prefix="artifact-"))
+    try:
+        _download(*remote_fs(uri), uri, what, scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return scratch
 
-        fs, root = fsspec.core.url_to_fs(uri)
-        if not fs.exists(f"{root}/{COMPLETION_MARKER}"):
-            raise BadInputError("IncompleteArtifact", f"{what} at {uri} was never published")
-        cache = Path(tempfile.mkdtemp(prefix="artifact-"))
-        fs.get(f"{root}/", str(cache), recursive=True)
-        target = cache
-    if not target.is_dir():
-        raise BadInputError("MissingArtifact", f"{what}: {uri} does not exist")
-    marker = target / COMPLETION_MARKER
-    if not marker.is_file():
-        raise BadInputError(
-            "IncompleteArtifact", f"{what} at {uri} has no {COMPLETION_MARKER}: half-written?"
-        )
-    return target
+
+def fetch(uri: str, dest: Path) -> Result:
+    """A published artifact into ``dest`` (the init container's emptyDir), verified
+    file by file wherever it comes from.
+
+    A remote URI is downloaded whatever the mounts table says: in the served pod it
+    maps this very URI onto ``dest``, which must not count as its own source.
+    """
+    local = uri.startswith(("file://", "/", "pvc://"))
+    files = _download(*(open_fs(uri) if local else remote_fs(uri)), uri, "artifact", dest)
+    size = sum(file.size for file in files)
+    return Result(uri=uri, digest=artifact_digest(dest), size_bytes=size)
 
 
 def artifact_digest(path: Path) -> str | None:
     try:
-        recorded = json.loads((path / COMPLETION_MARKER).read_text()).get("digest")
+        return Manifest.model_validate_json((path / COMPLETION_MARKER).read_bytes()).digest
     except (OSError, ValueError):
         return None
-    return recorded if isinstance(recorded, str) else None

@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from modelsmith.contract import TASK_API_VERSION, TaskConfig
+from modelsmith.contract import TASK_API_VERSION, Producer, TaskConfig
 from modelsmith_runtime.errors import BadInputError
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
@@ -23,6 +23,12 @@ class Task(Generic[SpecT]):
     workers: int
     attempt: int
     """How many times this worker failed before (0 on the first run)."""
+
+    @property
+    def producer(self) -> Producer:
+        """Who publishes: recorded in the manifest, and the attempt names a retry's place."""
+        c = self.config
+        return Producer(kind=c.kind, name=c.name, uid=c.uid, attempt=self.attempt)
 
     def input(self, name: str) -> str:
         uri = self.config.inputs.get(name)

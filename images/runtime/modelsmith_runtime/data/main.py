@@ -129,7 +129,7 @@ def _map(
             stats=ledger,
             scanned=telemetry.scanned,
         )
-        save_part(mine, uri, run_id, task.worker_index)
+        save_part(mine, uri, run_id, task.worker_index, task.producer)
     if task.worker_index != 0:
         stats = mine.stats if mine is not None else load_stats(uri)
         return Result(metrics=_counts(stats) | {"worker": float(task.worker_index)})
@@ -167,10 +167,8 @@ def _build(
     spec = task.spec
     texts = reduced.part.texts
     length = spec.packing.sequence_length
-    with publish(task.config.output, meta={"kind": "DataPipeline", "format": FORMAT}) as (
-        staging,
-        digest,
-    ):
+    meta = {"kind": "DataPipeline", "format": FORMAT}
+    with publish(task.config.output, meta, producer=task.producer) as (staging, published):
         if existing is not None:
             info = existing
             save_existing(info, staging / TOKENIZER)
@@ -204,8 +202,13 @@ def _build(
         "sequences": float(index["sequences"]),
         "vocab_size": float(info.vocab_size),
     }
-    log.info("published %s: %s", task.config.output, json.dumps(report["documents"]))
-    return Result(uri=task.config.output, digest=digest[0], metrics=metrics)
+    log.info("published %s: %s", published.uri, json.dumps(report["documents"]))
+    return Result(
+        uri=published.uri,
+        digest=published.digest,
+        size_bytes=published.size_bytes,
+        metrics=metrics,
+    )
 
 
 def _counts(stats: Stats) -> dict[str, float]:

@@ -14,8 +14,10 @@ An Indexed Job's pods share nothing but that storage, so the protocol uses only 
    up with a TransientError, so the Job retries it.
 
 A retried worker whose part is already complete with the same fingerprint does not
-redo its map work. Nothing of this exists when there is one worker: the map result
-goes to the reduce in memory.
+redo its map work; one whose part is stale replaces it (a part is no artifact anyone
+else reads, so it is not kept immutable), unpublishing it before any file changes.
+Nothing of this exists when there is one worker: the map result goes to the reduce in
+memory.
 """
 
 from __future__ import annotations
@@ -29,16 +31,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modelsmith.contract import COMPLETION_MARKER, TaskConfig
+from modelsmith.contract import Producer, TaskConfig
 from modelsmith_runtime.data.readers import SourceFiles
 from modelsmith_runtime.data.stats import Stats
 from modelsmith_runtime.errors import TransientError
-from modelsmith_runtime.storage import local_path, open_artifact, publish
+from modelsmith_runtime.manifest import read_manifest
+from modelsmith_runtime.storage import open_artifact, publish
+from modelsmith_runtime.uris import local_path, open_fs
 
 log = logging.getLogger(__name__)
 
@@ -103,27 +106,14 @@ def part_uri(output: str, worker: int) -> str:
     return f"{parts_root(output)}/worker-{worker:05d}"
 
 
-def _marker(uri: str) -> dict[str, Any] | None:
-    try:
-        path = local_path(uri)
-        if path is not None:
-            text = (path / COMPLETION_MARKER).read_text()
-        else:
-            fs, root = fsspec.core.url_to_fs(uri)
-            text = fs.cat_file(f"{root}/{COMPLETION_MARKER}").decode()
-        raw = json.loads(text)
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
 def is_complete(uri: str, run: str) -> bool:
-    marker = _marker(uri)
-    return marker is not None and marker.get("fingerprint") == run
+    manifest = read_manifest(uri)
+    return manifest is not None and getattr(manifest, "fingerprint", None) == run
 
 
-def save_part(part: Part, uri: str, run: str, worker: int) -> None:
-    with publish(uri, meta={"fingerprint": run, "worker": worker}) as (staging, _):
+def save_part(part: Part, uri: str, run: str, worker: int, producer: Producer) -> None:
+    meta = {"fingerprint": run, "worker": worker}
+    with publish(uri, meta, producer=producer, replace=True) as (staging, _):
         table = pa.table(
             {
                 "source": part.keys[:, 0],
@@ -163,7 +153,10 @@ def load_part(uri: str) -> Part:
 
 def load_stats(uri: str) -> Stats:
     root = open_artifact(uri, "worker part")
-    return Stats.from_json(json.loads((root / _STATS).read_text()))
+    stats = Stats.from_json(json.loads((root / _STATS).read_text()))
+    if local_path(uri) is None:
+        shutil.rmtree(root, ignore_errors=True)
+    return stats
 
 
 def _timeout() -> float:
@@ -201,6 +194,6 @@ def remove_parts(output: str) -> None:
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
         return
-    fs, remote = fsspec.core.url_to_fs(root)
+    fs, remote = open_fs(root)
     if fs.exists(remote):
         fs.rm(remote, recursive=True)

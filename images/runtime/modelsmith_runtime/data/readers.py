@@ -27,15 +27,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from modelsmith.api.datapipeline import DataSource, SourceFormat
 from modelsmith_runtime.data.stats import Reason, Stats
 from modelsmith_runtime.errors import BadInputError
-from modelsmith_runtime.storage import local_path
+from modelsmith_runtime.uris import open_fs
 
 MAX_INVALID_FRACTION = 0.1
 """More invalid records than this, in one source, and the source is called corrupt."""
@@ -95,21 +93,13 @@ class SourceFiles:
         return [self.spec.uri, list(zip(self.paths, self.sizes, strict=True))]
 
 
-def _filesystem(uri: str) -> tuple[Any, str]:
-    path = local_path(uri)
-    if path is not None:
-        return LocalFileSystem(), str(path)
-    fs, root = fsspec.core.url_to_fs(uri)
-    return fs, root
-
-
 def _hidden(relative: str) -> bool:
     """Spark's _SUCCESS and _temporary/, our completion marker and .staging-*/, dot-files."""
     return any(part.startswith((".", "_")) for part in relative.split("/") if part)
 
 
 def list_source(index: int, source: DataSource) -> SourceFiles:
-    fs, root = _filesystem(source.uri)
+    fs, root = open_fs(source.uri)
     if not fs.exists(root):
         raise BadInputError("MissingInput", f"sources[{index}]: {source.uri} does not exist")
     if fs.isdir(root):

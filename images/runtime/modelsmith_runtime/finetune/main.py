@@ -98,7 +98,7 @@ def finetune(plan: Plan) -> Result:
             "merged": plan.merged,
             "baseModel": {"uri": plan.base_uri, "digest": plan.base_digest},
         }
-        with storage.publish(plan.output, meta) as (staging, digest_out):
+        with storage.publish(plan.output, meta, producer=plan.producer) as (staging, published):
             ftmodel.export(plan, model, tokenizer, staging, device)
     finally:
         loop.gauges.close()
@@ -113,8 +113,9 @@ def finetune(plan: Plan) -> Result:
         metrics["eval_loss"] = outcome.eval_loss
         metrics["eval_perplexity"] = math.exp(min(outcome.eval_loss, 50.0))
     return Result(
-        uri=plan.output,
-        digest=digest_out[0],
+        uri=published.uri,
+        digest=published.digest,
+        size_bytes=published.size_bytes,
         metrics=metrics,
         progress=ProgressInfo(step=outcome.steps, total=outcome.steps),
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelsmith.api.finetune import FineTuneSpec, LoRA, Method
+from modelsmith.contract import Producer
 from modelsmith_runtime import hfmodel, storage
 from modelsmith_runtime.errors import BadInputError
 from modelsmith_runtime.finetune.records import Example, read_examples
@@ -30,6 +31,7 @@ class Plan:
     base_digest: str | None
     dataset_uri: str
     output: str
+    producer: Producer
     examples: list[Example]
     lora: LoRA | None
     """Adapter settings for lora and qlora (the defaults when the spec has none)."""
@@ -73,6 +75,7 @@ def make_plan(task: Task[FineTuneSpec]) -> Plan:
         base_digest=storage.artifact_digest(base_dir),
         dataset_uri=dataset_uri,
         output=task.config.output,
+        producer=task.producer,
         examples=examples,
         lora=lora,
     )

@@ -22,12 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-
 from modelsmith.api.finetune import DatasetFormat
 from modelsmith_runtime import storage
 from modelsmith_runtime.errors import BadInputError
+from modelsmith_runtime.uris import local_path, open_fs
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json")
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -56,12 +54,8 @@ Example = Prompted | Chat
 
 def dataset_files(uri: str, what: str, suffixes: tuple[str, ...] = SUFFIXES) -> list[str]:
     """The data files a URI names: the file itself, or a published directory's files."""
-    local = storage.local_path(uri)
-    fs: Any
-    if local is not None:
-        fs, root = LocalFileSystem(), str(local)
-    else:
-        fs, root = fsspec.core.url_to_fs(uri)
+    local = local_path(uri)
+    fs, root = open_fs(uri)
     if not fs.exists(root):
         raise BadInputError("MissingArtifact", f"{what}: {uri} does not exist")
     if not fs.isdir(root):
@@ -81,7 +75,8 @@ def dataset_files(uri: str, what: str, suffixes: tuple[str, ...] = SUFFIXES) -> 
 
 def jsonl_lines(path: str) -> Iterator[tuple[str, Any]]:
     """(``file:line``, parsed value or the parse error) for each non-blank line."""
-    with fsspec.open(path, "rb", compression="infer") as handle:
+    fs, where = open_fs(path)
+    with fs.open(where, "rb", compression="infer") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelsmith.api.quantize import QuantizeJobSpec, QuantMethod
-from modelsmith.contract import Result
+from modelsmith.contract import Producer, Result
 from modelsmith_runtime import hfmodel, storage
 from modelsmith_runtime.errors import BadInputError, TransientError
 from modelsmith_runtime.gauges import Gauges
@@ -43,6 +43,7 @@ class Plan:
     model_dir: Path
     model_digest: str | None
     output: str
+    producer: Producer
     eval_texts: list[str]
     eval_source: str
     calibration: list[str] | None
@@ -66,6 +67,7 @@ def check(task_config: Path) -> Plan:
         model_dir=model_dir,
         model_digest=storage.artifact_digest(model_dir),
         output=task.config.output,
+        producer=task.producer,
         eval_texts=texts,
         eval_source=source,
         calibration=calibration,
@@ -217,7 +219,7 @@ def _quantize(plan: Plan, telemetry: _Telemetry) -> Result:
         "torchaoConfig": type(choice.config).__name__,
         "model": {"uri": plan.model_uri, "digest": plan.model_digest},
     }
-    with storage.publish(plan.output, meta) as (staging, digest_out):
+    with storage.publish(plan.output, meta, producer=plan.producer) as (staging, published):
         hfmodel.save(q, tokenizer, staging)
         size_after = hfmodel.weights_size(staging)
     telemetry.phase_done(4)
@@ -236,4 +238,9 @@ def _quantize(plan: Plan, telemetry: _Telemetry) -> Result:
         metrics["packed_int4"] = float(choice.packed_int4)
     if windows:
         metrics["calibration_windows"] = float(windows)
-    return Result(uri=plan.output, digest=digest_out[0], metrics=metrics)
+    return Result(
+        uri=published.uri,
+        digest=published.digest,
+        size_bytes=published.size_bytes,
+        metrics=metrics,
+    )

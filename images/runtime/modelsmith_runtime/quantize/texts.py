@@ -16,10 +16,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import fsspec
-
 from modelsmith_runtime.errors import BadInputError
 from modelsmith_runtime.finetune.records import dataset_files, jsonl_lines
+from modelsmith_runtime.uris import open_fs
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,8 @@ def _file_texts(path: str) -> list[str]:
                 )
             texts.append(text)
         return texts
-    with fsspec.open(path, "rb", compression="infer") as handle:
+    fs, where = open_fs(path)
+    with fs.open(where, "rb", compression="infer") as handle:
         raw: bytes = handle.read()
     try:
         return raw.decode("utf-8").splitlines()

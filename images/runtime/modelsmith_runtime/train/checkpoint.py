@@ -37,13 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import fsspec
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from modelsmith_runtime import storage
+from modelsmith_runtime import uris
 from modelsmith_runtime.train.distributed import Dist
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,11 @@ class DcpTensors:
 
     def save(self, where: str, store: CheckpointStore) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        writer = dcp.FileSystemWriter(where) if store.local else dcp.FsspecWriter(where)
+        writer = (
+            dcp.FileSystemWriter(where)
+            if store.local
+            else dcp.FsspecWriter(store.url(where), **store.options)
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "assuming a single process"
             dcp.save(
@@ -119,7 +122,11 @@ class DcpTensors:
     def load(self, where: str, store: CheckpointStore) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         app = {"model": model_sd, "optim": optim_sd}
-        reader = dcp.FileSystemReader(where) if store.local else dcp.FsspecReader(where)
+        reader = (
+            dcp.FileSystemReader(where)
+            if store.local
+            else dcp.FsspecReader(store.url(where), **store.options)
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(app, storage_reader=reader, no_dist=not store.d.enabled)
@@ -136,11 +143,18 @@ class CheckpointStore:
         self.uri = uri.rstrip("/")
         self.keep_last = keep_last
         self.d = d
-        self.local = storage.local_path(self.uri)
-        self.fs, self.root = fsspec.core.url_to_fs(str(self.local or self.uri))
+        self.local = uris.local_path(self.uri)
+        self.fs, self.root = uris.open_fs(self.uri)
+        self.root = self.root.rstrip("/")
+        # DCP builds its own filesystem from a URL: with these options, one like ours.
+        self.options = uris.fs_options(self.uri)
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
+
+    def url(self, path: str) -> str:
+        """A path of ours as the URL torch's fsspec reader and writer take."""
+        return str(self.fs.unstrip_protocol(path))
 
     def latest(self) -> Saved | None:
         """The newest committed checkpoint, or None."""

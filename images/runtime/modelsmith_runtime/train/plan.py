@@ -21,6 +21,7 @@ from modelsmith.api.pretrain import (
     PretrainJobSpec,
     Strategy,
 )
+from modelsmith.contract import Producer
 from modelsmith_runtime import shards, storage
 from modelsmith_runtime.errors import BadInputError
 from modelsmith_runtime.task import Task
@@ -42,6 +43,7 @@ class Plan:
     tokenizer_dir: Path
     output: str
     checkpoints: str
+    producer: Producer
     world: int
     sequence_length: int
     vocab_size: int
@@ -166,6 +168,7 @@ def make_plan(task: Task[PretrainJobSpec]) -> Plan:
         tokenizer_dir=tokenizer_dir,
         output=task.config.output,
         checkpoints=task.config.output.rstrip("/") + CHECKPOINT_SUFFIX,
+        producer=task.producer,
         world=world,
         sequence_length=t.sequence_length,
         vocab_size=vocab,

@@ -18,7 +18,7 @@ from transformers import MixtralConfig, PretrainedConfig
 
 from modelsmith.api.pretrain import Precision, Strategy
 from modelsmith.contract import COMPLETION_MARKER, CheckpointInfo, ProgressInfo, Result
-from modelsmith_runtime import storage
+from modelsmith_runtime import storage, uris
 from modelsmith_runtime.errors import BadInputError, TransientError
 from modelsmith_runtime.train.checkpoint import DCP_LAYOUT, CheckpointStore, Saved
 from modelsmith_runtime.train.data import Batches
@@ -83,7 +83,7 @@ def _build(plan: Plan, d: Dist, store: CheckpointStore) -> Loop:
     )
     batches = Batches.for_rank(plan.dataset_dir, plan.sequence_length, t, d.rank, d.world)
     trainer = _trainer(plan, config, d)
-    tensorboard = storage.local_path(plan.checkpoints)
+    tensorboard = uris.local_path(plan.checkpoints)
     return Loop(
         trainer=trainer,
         batches=batches,
@@ -126,24 +126,23 @@ def _resume(plan: Plan, loop: Loop, store: CheckpointStore, d: Dist) -> None:
         log.info("resuming from step %d of %d (%s)", saved.step, plan.total_steps, saved.uri)
 
 
-def _publish(plan: Plan, loop: Loop, d: Dist) -> str:
+def _publish(plan: Plan, loop: Loop, d: Dist) -> storage.Published:
     """Gather the full weights and let rank 0 alone publish them with the tokenizer;
-    the digest is rank 0's ("" elsewhere)."""
+    what was published is rank 0's (empty elsewhere, until the broadcast)."""
     full = loop.trainer.full_state_dict()
-    digest = ""
+    published = storage.Published()
     if d.is_main:
         dtype = DTYPES[plan.spec.precision] or torch.float32
         meta = {"kind": "PretrainJob", "steps": loop.progress.step, "tokens": loop.progress.tokens}
-        with storage.publish(plan.output, meta) as (staging, digest_out):
+        with storage.publish(plan.output, meta, producer=plan.producer) as (staging, published):
             export(full, loop.config, dtype, staging)
             for file in sorted(plan.tokenizer_dir.iterdir()):
                 if file.is_file() and file.name != COMPLETION_MARKER:
                     shutil.copy2(file, staging / file.name)
-        digest = digest_out[0]
-    return digest
+    return published
 
 
-def _result(plan: Plan, loop: Loop, digest: str) -> Result:
+def _result(plan: Plan, loop: Loop, published: storage.Published) -> Result:
     p = loop.progress
     rate = loop.trained_tokens / loop.train_seconds if loop.train_seconds > 0 else 0.0
     metrics = {
@@ -156,8 +155,9 @@ def _result(plan: Plan, loop: Loop, digest: str) -> Result:
     if loop.peak_flops and rate:
         metrics["mfu"] = loop.flops_per_token * rate / (loop.peak_flops * plan.world)
     return Result(
-        uri=plan.output,
-        digest=digest,
+        uri=published.uri,
+        digest=published.digest,
+        size_bytes=published.size_bytes,
         metrics=metrics,
         progress=ProgressInfo(step=p.step, total=plan.total_steps),
     )
@@ -178,10 +178,10 @@ def _train(plan: Plan, d: Dist) -> Result:
         loop = _build(plan, d, store)
         _resume(plan, loop, store, d)
         loop.run()
-        digest = _publish(plan, loop, d)
+        published = _publish(plan, loop, d)
         loop.sink.close()
         # Every rank of a pod writes the same termination log: they must agree on it.
-        return d.broadcast(_result(plan, loop, digest))
+        return d.broadcast(_result(plan, loop, published))
     except BadInputError:
         raise
     except TransientError as exc:
