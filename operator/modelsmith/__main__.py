@@ -1,3 +1,3 @@
-from modelsmith.cli import main
+from modelsmith.cli import entrypoint
 
-raise SystemExit(main())
+raise SystemExit(entrypoint())

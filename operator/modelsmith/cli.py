@@ -202,8 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entrypoint() -> int:
+    """The `modelsmith` command. Only a process of its own may take the default SIGPIPE
+    action (`modelsmith dev status | head` ends quietly): `main` called in-process, as
+    the tests do, must not leave a process that serves sockets to die on one."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `modelsmith dev status | head` is fine
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

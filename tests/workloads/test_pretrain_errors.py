@@ -3,13 +3,8 @@ and never a published model."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +15,7 @@ import pytest
 from modelsmith.contract import ExitCode, Result, parse_result
 from tests.workloads.conftest import Run, run_component
 from tests.workloads.tiny_dataset import (
+    evicted_pretrain,
     pretrain_config,
     publish_dataset,
     train_records,
@@ -122,26 +118,7 @@ def _terminated(dataset: str, workdir: Path) -> Terminated:
     config = pretrain_config(
         dataset, str(workdir / "model"), training={"steps": 1000}, checkpoint={"intervalSteps": 500}
     )
-    (workdir / "task.json").write_text(json.dumps(config))
-    log = workdir / "termination-log"
-    env = {**os.environ, "MODELSMITH_TERMINATION_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    env["MODELSMITH_LOG_EVERY"] = "1"
-    with (workdir / "out.log").open("w") as out:
-        proc = subprocess.Popen(
-            [*CLI, f"--task-config={workdir / 'task.json'}"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 180
-        while len(train_records((workdir / "out.log").read_text())) < 3:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("the run did not reach step 3")
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(timeout=120)
-    message = log.read_text() if log.exists() else None
+    returncode, message, _log = evicted_pretrain(config, workdir, {"OMP_NUM_THREADS": "1"})
     return Terminated(returncode, parse_result(message), workdir / "model-checkpoints")
 
 

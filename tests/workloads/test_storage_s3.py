@@ -27,7 +27,7 @@ from modelsmith.contract import COMPLETION_MARKER, MOUNTS_ENV, ExitCode, Manifes
 from tests.workloads.conftest import Run, run_component, task_config
 from tests.workloads.s3 import S3, new_bucket
 from tests.workloads.serving import serve_model
-from tests.workloads.tiny_dataset import documents, pretrain_config, train_records
+from tests.workloads.tiny_dataset import documents, evicted_pretrain, pretrain_config
 from tests.workloads.tiny_model import LORA, finetune_config, instruction_records, quantize_config
 
 CLI = [sys.executable, "-m", "modelsmith_runtime.cli"]
@@ -73,28 +73,9 @@ def published(s3: S3, run: Run, uri: str, kind: str, attempt: int = 0) -> Manife
 
 def _terminated(config: dict[str, Any], workdir: Path, env: dict[str, str]) -> Run:
     """A run SIGTERMed after its third step, as an eviction would end it."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "task.json").write_text(json.dumps(config))
-    log = workdir / "termination-log"
-    full = {**os.environ, **BASE_ENV, **env, "MODELSMITH_TERMINATION_LOG": str(log)}
-    full["MODELSMITH_LOG_EVERY"] = "1"
-    with (workdir / "out.log").open("w") as out:
-        proc = subprocess.Popen(
-            [*CLI, "pretrain", f"--task-config={workdir / 'task.json'}"],
-            env=full,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 180
-        while len(train_records((workdir / "out.log").read_text())) < 3:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the run did not reach step 3\n{(workdir / 'out.log').read_text()}")
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(timeout=120)
-    result = Result.model_validate_json(log.read_text()) if log.exists() else None
-    return Run(returncode, result, (workdir / "out.log").read_text())
+    returncode, message, output = evicted_pretrain(config, workdir, {**BASE_ENV, **env})
+    result = Result.model_validate_json(message) if message else None
+    return Run(returncode, result, output)
 
 
 @dataclass(frozen=True)

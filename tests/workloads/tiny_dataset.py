@@ -10,12 +10,18 @@ into fixed-length sequences by `shards.ShardWriter`, published with
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from modelsmith.contract import TASK_API_VERSION
@@ -148,3 +154,33 @@ def train_records(log: str) -> list[dict[str, Any]]:
         if isinstance(message, dict) and message.get("event") == "train":
             records.append(message)
     return records
+
+
+def evicted_pretrain(
+    config: dict[str, Any], workdir: Path, env: dict[str, str], steps: int = 3
+) -> tuple[int, str | None, str]:
+    """A pretraining run SIGTERMed after ``steps`` steps, as an eviction ends a pod:
+    its exit code, termination message (or None) and log."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "task.json").write_text(json.dumps(config))
+    log, out_path = workdir / "termination-log", workdir / "out.log"
+    full = {**os.environ, **env, "MODELSMITH_TERMINATION_LOG": str(log)}
+    full["MODELSMITH_LOG_EVERY"] = "1"
+    argv = [sys.executable, "-m", "modelsmith_runtime.cli", "pretrain"]
+    with out_path.open("w") as out:
+        proc = subprocess.Popen(
+            [*argv, f"--task-config={workdir / 'task.json'}"],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 180
+        while len(train_records(out_path.read_text())) < steps:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the run did not reach step {steps}\n{out_path.read_text()}")
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=120)
+    message = log.read_text() if log.exists() else None
+    return returncode, message, out_path.read_text()
