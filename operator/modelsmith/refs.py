@@ -21,6 +21,8 @@ Fetch = Callable[[str, str], dict[str, Any] | None]
 @dataclass
 class Resolution:
     uris: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Bytes of each upstream artifact whose producer reported them."""
     lineage: list[LineageEntry] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
@@ -68,6 +70,8 @@ def resolve(inputs: dict[str, Input | None], fetch: Fetch) -> Resolution:
                 out.pending.append(label)
                 continue
             out.uris[name] = uri
+            if isinstance(outputs.get("sizeBytes"), int):
+                out.sizes[name] = outputs["sizeBytes"]
             out.lineage.append(
                 LineageEntry(kind=ref.kind, name=ref.name, uri=uri, digest=outputs.get("digest"))
             )

@@ -58,3 +58,14 @@ def test_missing_running_and_failed_upstreams_are_told_apart() -> None:
     assert res.failed == ["PretrainJob/broken"]
     assert res.missing == ["PretrainJob/gone"]
     assert res.uris == {}
+
+
+def test_an_upstreams_reported_size_comes_along() -> None:
+    sized = _obj("Succeeded", "pvc://d/m", "sha256:ab")
+    sized["status"]["outputs"]["sizeBytes"] = 4096
+    world = {("FineTune", "sized"): sized, ("FineTune", "unsized"): _obj("Succeeded")}
+    res = resolve(
+        {"model": _ref("FineTune", "sized"), "other": _ref("FineTune", "unsized")},
+        lambda k, n: world.get((k, n)),
+    )
+    assert res.sizes == {"model": 4096}

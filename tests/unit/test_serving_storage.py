@@ -11,9 +11,12 @@ import yaml
 from modelsmith.api.inference import InferenceServiceSpec
 from modelsmith.builders.batch import Owner
 from modelsmith.builders.inference import (
+    MODEL_BYTES_ANNOTATION,
     Revision,
     desired_kserve,
+    desired_revision_configmap,
     desired_revision_deployment,
+    model_volume_size,
     revision_name,
 )
 from modelsmith.config import Settings
@@ -91,3 +94,32 @@ def test_kserve_gets_the_same_init_container_and_volumes() -> None:
     predictor = desired_kserve(OWNER, rev, SETTINGS, None)["spec"]["predictor"]
     assert predictor["initContainers"][0]["name"] == "fetch-model"
     assert "model" in yaml.safe_dump(predictor["volumes"])
+
+
+@pytest.mark.parametrize(
+    ("model_bytes", "scratch", "size"),
+    [
+        (None, "4Gi", "4Gi"),
+        (10 * 2**30, "4Gi", "11776Mi"),  # 10 GiB + 10% + 512 MiB
+        (2**20, "4Gi", "4Gi"),
+        (3 * 2**30, "1G", "3892Mi"),
+    ],
+)
+def test_a_fetched_model_gets_room_for_its_reported_size(
+    model_bytes: int | None, scratch: str, size: str
+) -> None:
+    spec = InferenceServiceSpec.model_validate(
+        {"model": {"uri": "s3://models-bucket/m"}, "storage": {"scratchSize": scratch}}
+    )
+    assert model_volume_size(spec, model_bytes) == size
+    rev = Revision("chat-x", spec, "s3://models-bucket/m", model_bytes)
+    pod = desired_revision_deployment(OWNER, rev, SETTINGS, 1)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model"]["emptyDir"]["sizeLimit"] == size
+    assert pod["initContainers"][0]["resources"]["requests"]["ephemeral-storage"] == size
+
+
+def test_the_reported_size_is_kept_with_the_revision() -> None:
+    config = desired_revision_configmap(OWNER, "chat-x", {}, 123)
+    assert config["metadata"]["annotations"] == {MODEL_BYTES_ANNOTATION: "123"}
+    assert "annotations" not in desired_revision_configmap(OWNER, "chat-x", {})["metadata"]

@@ -59,6 +59,8 @@ class Revision:
     name: str
     spec: InferenceServiceSpec
     model_uri: str
+    model_bytes: int | None = None
+    """The model's size as its producer reported it: what a fetched copy needs."""
 
 
 @dataclass(frozen=True)
@@ -108,20 +110,51 @@ def _revision_metadata(owner: Owner, revision: str) -> dict[str, Any]:
     return meta
 
 
+MODEL_BYTES_ANNOTATION = "modelsmith.io/model-bytes"
+
+
 def desired_revision_configmap(
-    owner: Owner, revision: str, config: dict[str, Any]
+    owner: Owner, revision: str, config: dict[str, Any], model_bytes: int | None = None
 ) -> dict[str, Any]:
+    """The revision's record. The model's size rides along as an annotation, so the
+    revision's pods come out the same when they are rebuilt from this snapshot."""
+    meta = _revision_metadata(owner, revision)
+    if model_bytes is not None:
+        meta["annotations"] = {MODEL_BYTES_ANNOTATION: str(model_bytes)}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _revision_metadata(owner, revision),
+        "metadata": meta,
         "immutable": True,
         "data": {TASK_CONFIG_KEY: json.dumps(config, indent=2, sort_keys=True)},
     }
 
 
+def model_volume_size(spec: InferenceServiceSpec, model_bytes: int | None) -> str:
+    """Room for a fetched model: its reported size with 10% and 512 MiB to spare, never
+    less than scratchSize; scratchSize when the size is unknown (a plain URI)."""
+    if model_bytes is None:
+        return spec.storage.scratch_size
+    needed = -(-model_bytes * 11 // 10 // (1 << 20)) + 512
+    if needed <= _mebibytes(spec.storage.scratch_size):
+        return spec.storage.scratch_size
+    return f"{needed}Mi"
+
+
+_MEBIBYTES = {"Ki": 2**-10, "Mi": 1.0, "Gi": 2**10, "Ti": 2**20, "Pi": 2**30, "m": 1e-3 / 2**20}
+_MEBIBYTES |= {s: 10 ** (3 * (i + 1)) / 2**20 for i, s in enumerate("KMGTP")}
+
+
+def _mebibytes(quantity: str) -> float:
+    """A resource.Quantity (the API's pattern: digits and one suffix) in MiB."""
+    for suffix in sorted(_MEBIBYTES, key=len, reverse=True):
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * _MEBIBYTES[suffix]
+    return float(quantity) / 2**20
+
+
 def _model_storage(
-    spec: InferenceServiceSpec, model_uri: str, settings: Settings
+    spec: InferenceServiceSpec, model_uri: str, settings: Settings, model_bytes: int | None
 ) -> tuple[str, storage.Mounts, list[dict[str, Any]]]:
     """Where the model is inside the server pod, what gets it there, and the init
     containers that fetch it. A claim is mounted read-only (one copy for every
@@ -134,8 +167,9 @@ def _model_storage(
     if location.scheme == uri.Scheme.PVC:
         mounts = storage.claim_mounts(None, [model_uri])
         return mounts.table[f"pvc://{location.root}"] + f"/{location.path}", mounts, []
+    size = model_volume_size(spec, model_bytes)
     mounts = storage.Mounts(
-        volumes=[{"name": "model", "emptyDir": {"sizeLimit": spec.storage.scratch_size}}],
+        volumes=[{"name": "model", "emptyDir": {"sizeLimit": size}}],
         mounts=[{"name": "model", "mountPath": storage.MODEL_DIR, "readOnly": True}],
         table={model_uri.rstrip("/"): storage.MODEL_DIR},
     )
@@ -149,7 +183,7 @@ def _model_storage(
         "args": ["fetch", f"--uri={model_uri}", f"--dest={storage.MODEL_DIR}"],
         "env": scratch_env + storage.credentials_env(secret),
         "volumeMounts": [{"name": "model", "mountPath": storage.MODEL_DIR}, scratch_mount],
-        "resources": {"requests": {"ephemeral-storage": spec.storage.scratch_size}},
+        "resources": {"requests": {"ephemeral-storage": size}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": dict(storage.CONTAINER_SECURITY),
     }
@@ -162,7 +196,7 @@ def _server_container(
 ) -> dict[str, Any]:
     """The builtin server reads its task config; vLLM and KServe's HF server take flags."""
     served = spec.served_model_name or owner.name
-    model_dir, mounts, _init = _model_storage(spec, model_uri, settings)
+    model_dir, mounts, _init = _model_storage(spec, model_uri, settings, None)
     env: list[dict[str, Any]] = [{"name": "MODELSMITH_REVISION", "value": revision}]
     env += mounts.env_table()
     if spec.runtime == Runtime.VLLM:
@@ -224,7 +258,7 @@ def _mount_config(
     """The model's volumes and init containers; for the builtin server also its task
     config and API key files. Returns (volumes, init containers)."""
     spec = rev.spec
-    _dir, model, init = _model_storage(spec, rev.model_uri, settings)
+    _dir, model, init = _model_storage(spec, rev.model_uri, settings, rev.model_bytes)
     volumes = list(model.volumes)
     if spec.runtime != Runtime.BUILTIN:
         return volumes, init

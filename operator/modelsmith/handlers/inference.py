@@ -33,6 +33,7 @@ from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
 from modelsmith.batchkinds import PLURALS
 from modelsmith.builders.batch import Owner
 from modelsmith.builders.inference import (
+    MODEL_BYTES_ANNOTATION,
     REVISION_LABEL,
     Revision,
     desired_hpa,
@@ -101,7 +102,8 @@ def _snapshot(owner: Owner, revision: str) -> Revision | None:
         return None
     config = TaskConfig.model_validate(json.loads(cm["data"][TASK_CONFIG_KEY]))
     spec = InferenceServiceSpec.model_validate(config.spec)
-    return Revision(revision, spec, config.inputs["model"])
+    size = (cm["metadata"].get("annotations") or {}).get(MODEL_BYTES_ANNOTATION)
+    return Revision(revision, spec, config.inputs["model"], int(size) if size else None)
 
 
 def _decision(body: kopf.Body, spec: InferenceServiceSpec) -> Decision:
@@ -117,7 +119,9 @@ def _apply_revision(
     """One revision's ConfigMap (immutable, made once), Deployment, Service and HPA.
     Replicas and autoscaling follow the current spec whichever revision it is."""
     k8s.create_if_absent(
-        desired_revision_configmap(owner, rev.name, revision_config(owner, rev.spec, rev.model_uri))
+        desired_revision_configmap(
+            owner, rev.name, revision_config(owner, rev.spec, rev.model_uri), rev.model_bytes
+        )
     )
     hpa = spec.autoscaling is not None and not scaled
     replicas = 0 if scaled else (None if hpa else spec.replicas)
@@ -235,7 +239,9 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         _write_status(body, old, current.model_copy(update=update))
         return None
     model_uri = resolution.uris["model"]
-    desired = Revision(revision_name(owner.name, spec, model_uri), spec, model_uri)
+    desired = Revision(
+        revision_name(owner.name, spec, model_uri), spec, model_uri, resolution.sizes.get("model")
+    )
     kserve = spec.traffic.backend == Backend.KSERVE
     deployments = {} if kserve else _revision_deployments(owner)
     ready = (
