@@ -230,7 +230,21 @@ def render_node_paths_template() -> str:
     if "{{" in body:
         raise ValueError("node-path policy text would be read as a Helm template")
     body = body.replace(_NAME, '{{ include "modelsmith.fullname" . }}-node-paths')
-    return f"{HEADER}{{{{- if not .Values.storage.allowNodePaths }}}}\n{body}{{{{- end }}}}\n"
+    # An operator confined to some namespaces must not police the others (where another
+    # install may allow node paths): the binding follows watchNamespaces.
+    scope = (
+        "  {{- with .Values.watchNamespaces }}\n"
+        "  matchResources:\n"
+        "    namespaceSelector:\n"
+        "      matchExpressions:\n"
+        "      - key: kubernetes.io/metadata.name\n"
+        "        operator: In\n"
+        "        values: {{ toJson . }}\n"
+        "  {{- end }}\n"
+    )
+    return (
+        f"{HEADER}{{{{- if not .Values.storage.allowNodePaths }}}}\n{body}{scope}{{{{- end }}}}\n"
+    )
 
 
 def expected_files(root: Path = REPO_ROOT) -> dict[Path, str]:

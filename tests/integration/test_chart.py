@@ -250,3 +250,19 @@ def test_watch_namespaces_bind_the_namespaced_role_only_there(dev_cluster: DevCl
     )
     granted = {res for rule in cluster_scope["rules"] for res in rule["resources"]}
     assert granted == {"customresourcedefinitions", "tokenreviews", "namespaces"}
+
+
+def test_the_node_path_policy_follows_allow_node_paths_and_watch_namespaces(
+    dev_cluster: DevCluster,
+) -> None:
+    def policies(*sets: str) -> dict[str, dict[str, Any]]:
+        docs = _render(dev_cluster, *sets)
+        return {d["kind"]: d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy")}
+
+    default = policies()
+    assert set(default) == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    assert "matchResources" not in default["ValidatingAdmissionPolicyBinding"]["spec"]
+    confined = policies("watchNamespaces={ml,research}")["ValidatingAdmissionPolicyBinding"]
+    [expression] = confined["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert expression["values"] == ["ml", "research"]
+    assert policies("storage.allowNodePaths=true") == {}
