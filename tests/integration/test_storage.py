@@ -223,3 +223,43 @@ def test_the_charts_policy_refuses_node_paths_at_apply_time(
     finally:
         for doc in (binding, policy):
             dev_cluster.kubectl("delete", doc["kind"], doc["metadata"]["name"], "--wait")
+
+
+def test_a_served_models_missing_claim_is_a_condition_until_it_exists(
+    real_operator: OperatorProcess, namespace: str
+) -> None:
+    serving = {
+        "apiVersion": "modelsmith.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "chat"},
+        "spec": {"model": {"uri": "pvc://models/chat/v1"}, "resources": {"cpu": "100m"}},
+    }
+    client.CustomObjectsApi().create_namespaced_custom_object(
+        *GROUP, namespace, "inferenceservices", serving
+    )
+
+    def ready() -> dict[str, Any] | None:
+        obj = client.CustomObjectsApi().get_namespaced_custom_object(
+            *GROUP, namespace, "inferenceservices", "chat"
+        )
+        conds = obj.get("status", {}).get("conditions", [])
+        found = [c for c in conds if c["type"] == "Ready" and c["reason"] == "ClaimNotFound"]
+        return found[0] if found else None
+
+    refused = wait_for(ready, timeout=60, what="Ready=False with reason ClaimNotFound")
+    assert "the model: PersistentVolumeClaim models not found" in refused["message"]
+    apps = client.AppsV1Api()
+    assert apps.list_namespaced_deployment(namespace).items == []
+    with bound_claims(namespace, claim("models", "ReadOnlyMany")):
+        servers = wait_for(
+            lambda: (
+                apps.list_namespaced_deployment(
+                    namespace, label_selector="app.kubernetes.io/component=server"
+                ).items
+            ),
+            timeout=60,
+            what="the revision's Deployment",
+        )
+        volumes = servers[0].spec.template.spec.volumes
+        [model] = [v.persistent_volume_claim for v in volumes if v.persistent_volume_claim]
+        assert (model.claim_name, model.read_only) == ("models", True)

@@ -22,7 +22,6 @@ from modelsmith.api.common import BatchStatus, Phase, WorkloadSpec
 from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
 from modelsmith.batchkinds import BATCH_KINDS, PLURALS, BatchKind, batch_owner
 from modelsmith.builders.batch import (
-    Artifacts,
     Owner,
     desired_configmap,
     desired_job,
@@ -31,9 +30,9 @@ from modelsmith.builders.batch import (
     job_name,
     task_config,
 )
-from modelsmith.builders.storage import claims
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
+from modelsmith.handlers import preflight
 from modelsmith.jobstatus import (
     PodReport,
     blocked_status,
@@ -46,10 +45,6 @@ from modelsmith.later import LATER
 from modelsmith.refs import Resolution, resolve, waiting_reason
 from modelsmith.storagecheck import Refusal
 from modelsmith.validation import semantic_errors, uri_fields
-
-REFUSAL_RETRY_SECONDS = 20.0
-"""How soon a run waiting for its claim or Secret looks again: the operator cannot
-watch Secrets (it may not read them), so it asks again instead."""
 
 
 def _status_patch(old: dict[str, Any], new: BatchStatus) -> dict[str, Any]:
@@ -212,19 +207,6 @@ class RefusedError(Exception):
         self.refusal = refusal
 
 
-def _preflight(owner: Owner, artifacts: Artifacts, pods: int) -> Refusal | None:
-    """The claims and Secret the run names, looked up before its first pod exists."""
-    found = {
-        c.name: k8s.get("v1", "PersistentVolumeClaim", owner.namespace, c.name)
-        for c in claims(artifacts.output, artifacts.reads)
-    }
-    refusal = storagecheck.claim_refusal(artifacts.output, artifacts.reads, found, pods)
-    if refusal is not None or artifacts.secret is None:
-        return refusal
-    exists = k8s.secret_exists(owner.namespace, artifacts.secret)
-    return storagecheck.secret_refusal(artifacts.secret, exists)
-
-
 def _refuse(
     kind: BatchKind,
     body: kopf.Body,
@@ -270,7 +252,9 @@ def _run(
     if overlap:
         _reject(kind, body, current, "; ".join(overlap), generation=generation, now=now)
     if owner.uid not in _APPLIED and current.phase in (None, Phase.PENDING):
-        refusal = _preflight(owner, artifacts, layout.workers)
+        refusal = preflight.check(
+            owner.namespace, artifacts.output, artifacts.reads, artifacts.secret, layout.workers
+        )
         if refusal is not None:
             _refuse(kind, body, current, refusal, generation=generation, now=now)
     config = task_config(owner, spec, resolution.uris, output_uri)
@@ -363,7 +347,7 @@ def _measured(kind: BatchKind, body: kopf.Body, settings: Settings) -> None:
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         LATER.call(
             uid,
-            REFUSAL_RETRY_SECONDS,
+            preflight.RETRY_SECONDS,
             lambda: _reconcile_fresh(kind, namespace, name, settings, uid=uid),
         )
 

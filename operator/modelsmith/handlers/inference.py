@@ -53,7 +53,9 @@ from modelsmith.canary.rollout import Inputs, Plan, next_wake, plan
 from modelsmith.conditions import Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.contract import TASK_CONFIG_KEY, TaskConfig
+from modelsmith.handlers import preflight
 from modelsmith.refs import resolve, waiting_reason
+from modelsmith.storagecheck import Refusal
 from modelsmith.validation import uri_fields
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,39 @@ def _reject(body: kopf.Body, current: InferenceServiceStatus, message: str, gen:
     raise kopf.PermanentError(f"invalid spec: {message}")
 
 
+def _preflight(
+    owner: Owner, spec: InferenceServiceSpec, model_uri: str, settings: Settings
+) -> Refusal | None:
+    """A new revision's claim and Secret, before its first server pod."""
+    ref = spec.storage.secret_ref
+    secret = storagecheck.secret_for(
+        ref.name if ref else None,
+        settings,
+        service_account=spec.service_account_name,
+        uris=[model_uri],
+    )
+    return preflight.check(owner.namespace, None, [model_uri], secret, pods=1)
+
+
+def _blocked(
+    current: InferenceServiceStatus, refusal: Refusal, gen: int, now: datetime
+) -> InferenceServiceStatus:
+    """The new revision is not made; a revision already serving goes on serving."""
+    conds = set_condition(
+        list(current.conditions),
+        "Ready",
+        ConditionStatus.FALSE,
+        reason=refusal.reason,
+        message=f"the model: {refusal.message}",
+        now=now,
+        generation=gen,
+    )
+    update: dict[str, Any] = {"conditions": conds, "observed_generation": gen}
+    if current.stable_revision is None:
+        update["phase"] = ServingPhase.PENDING
+    return current.model_copy(update=update)
+
+
 def reconcile(body: kopf.Body, settings: Settings) -> float | None:
     """One pass; returns seconds until the next pass that no event will trigger."""
     meta, gen = body["metadata"], int(body["metadata"].get("generation", 1))
@@ -244,6 +279,11 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
     )
     kserve = spec.traffic.backend == Backend.KSERVE
     deployments = {} if kserve else _revision_deployments(owner)
+    if desired.name not in deployments and desired.name != current.stable_revision:
+        refusal = _preflight(owner, spec, model_uri, settings)
+        if refusal is not None:
+            _write_status(body, old, _blocked(current, refusal, gen, now))
+            return preflight.RETRY_SECONDS
     ready = (
         _kserve_ready(owner, current, desired.name)
         if kserve
