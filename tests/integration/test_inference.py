@@ -107,8 +107,17 @@ def test_router_backend_walks_the_canary_through_its_weights(
     wait_for(lambda: _revisions(namespace) == {v2}, timeout=30, what="v1 removed")
     history = [h["reason"] for h in _status(namespace, "chat")["canary"]["history"]]
     assert history[0] == "CanaryStarted" and history[-1] == "Promoted"
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=chat")
-    assert {"CanaryStarted", "StepAdvanced", "Promoted"} <= {e.reason for e in events.items}
+
+    def reasons() -> set[str]:
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=chat")
+        return {e.reason for e in events.items}
+
+    # The reconcile that promotes posts its events after it removed v1's Deployment.
+    wait_for(
+        lambda: {"CanaryStarted", "StepAdvanced", "Promoted"} <= reasons(),
+        timeout=10,
+        what="the rollout's events",
+    )
 
 
 def test_abort_annotation_rolls_back_and_is_removed(operator: KopfRunner, namespace: str) -> None:
