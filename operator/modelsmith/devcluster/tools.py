@@ -1,11 +1,13 @@
 """Build the local control plane's binaries from the Go module proxy, once.
 
 No release binaries can be downloaded on the machines this project runs on, and
-Docker is absent, so the real Kubernetes, etcd, kwok and helm binaries are compiled
-from source. Each tool has a committed wrapper module (``gomod/<tool>/go.mod`` and
-``go.sum``) so the build is reproducible and verified against checksums. Finished
-binaries are cached outside the repository under a key made of the tool's version
-and a hash of its recipe, so a fresh clone reuses them and a changed recipe rebuilds.
+Docker is absent, so the real Kubernetes (control plane and node), etcd, kwok, helm,
+CoreDNS and registry binaries are compiled from source. Each tool has a committed
+wrapper module (``gomod/<module>/go.mod`` and ``go.sum``, plus a small ``main.go``
+where only part of a project is linked) so the build is reproducible and verified
+against checksums. Finished binaries are cached outside the repository under a key
+made of the tool's version and a hash of its recipe, so a fresh clone reuses them and
+a changed recipe rebuilds.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v4.3.1"
+COREDNS_VERSION = "v1.15.0"
+REGISTRY_VERSION = "v3.1.2"  # github.com/distribution/distribution/v3
 
-MIN_GO = (1, 26)  # etcd 3.6.16, kwok 0.8 and helm 4.3 declare go 1.26
+# etcd 3.6.16, kwok 0.8, helm 4.3, coredns 1.15 and distribution 3.1.2 declare go 1.26
+MIN_GO = (1, 26)
 
 
 def _version_ldflags(packages: tuple[str, ...], version: str) -> list[str]:
@@ -57,10 +62,19 @@ class GoTool:
     ldflags: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    # The folder under gomod/ holding the recipe, when it is not ``name``: two tools
+    # built from one module (the control plane and the node) share one go.sum.
+    module: str | None = None
+
+    @property
+    def module_dir(self) -> str:
+        return self.module or self.name
 
     def recipe_files(self) -> dict[str, bytes]:
-        root = resources.files("modelsmith.devcluster").joinpath("gomod", self.name)
-        return {n: root.joinpath(n).read_bytes() for n in ("go.mod", "go.sum")}
+        """go.mod, go.sum and any main package (*.go) of the tool's wrapper module."""
+        root = resources.files("modelsmith.devcluster").joinpath("gomod", self.module_dir)
+        sources = sorted(e.name for e in root.iterdir() if e.name.endswith(".go") and e.is_file())
+        return {n: root.joinpath(n).read_bytes() for n in ("go.mod", "go.sum", *sources)}
 
     def cache_key(self) -> str:
         digest = hashlib.sha256()
@@ -70,6 +84,11 @@ class GoTool:
         return f"{self.name}-{self.version}-{digest.hexdigest()[:10]}"
 
 
+_KUBERNETES_LDFLAGS = tuple(
+    _version_ldflags(
+        ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"), KUBERNETES_VERSION
+    )
+)
 KUBERNETES = GoTool(
     name="kubernetes",
     version=KUBERNETES_VERSION,
@@ -79,12 +98,20 @@ KUBERNETES = GoTool(
         "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
         "kubectl": "k8s.io/kubernetes/cmd/kubectl",
     },
-    ldflags=tuple(
-        _version_ldflags(
-            ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"),
-            KUBERNETES_VERSION,
-        )
-    ),
+    ldflags=_KUBERNETES_LDFLAGS,
+    tags=("selinux", "notest"),
+)
+# The node's binaries, from the control plane's wrapper module (same version, same
+# go.sum), but a tool of their own so the control plane does not wait for them.
+KUBE_NODE = GoTool(
+    name="kubernetes-node",
+    module="kubernetes",
+    version=KUBERNETES_VERSION,
+    packages={
+        "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+        "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+    },
+    ldflags=_KUBERNETES_LDFLAGS,
     tags=("selinux", "notest"),
 )
 ETCD = GoTool(
@@ -103,8 +130,24 @@ HELM = GoTool(
     packages={"helm": "helm.sh/helm/v4/cmd/helm"},
     ldflags=(f"-X helm.sh/helm/v4/internal/version.version={HELM_VERSION}",),
 )
+# The cluster's DNS: a main of our own (gomod/coredns/main.go) that links only the
+# plugins the cluster needs, without forward, so pods never reach the host's resolver.
+COREDNS = GoTool(
+    name="coredns",
+    version=COREDNS_VERSION,
+    packages={"coredns": "modelsmith.dev/devcluster/coredns"},
+)
+# An OCI registry (`registry serve config.yml`) with only the filesystem storage
+# driver: distribution's own cmd/registry links the S3, GCS and Azure SDKs.
+REGISTRY = GoTool(
+    name="registry",
+    version=REGISTRY_VERSION,
+    packages={"registry": "modelsmith.dev/devcluster/registry"},
+    ldflags=(f"-X github.com/distribution/distribution/v3/version.version={REGISTRY_VERSION}",),
+)
 
-ALL_TOOLS = (ETCD, KUBERNETES, KWOK, HELM)
+# In build order: what the control plane runs today first, the node and add-ons after.
+ALL_TOOLS = (ETCD, KUBERNETES, KWOK, HELM, KUBE_NODE, COREDNS, REGISTRY)
 
 
 def cache_root() -> Path:
