@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {"operator": "modelsmith", "data": "modelsmith-runtime"}
 IMAGES |= {"trainer": "modelsmith-runtime", "quantizer": "modelsmith-runtime"}
+IMAGES |= {"server": "modelsmith-runtime"}
 
 
 @pytest.mark.parametrize(("image", "entrypoint"), sorted(IMAGES.items()))
@@ -32,9 +33,16 @@ def test_dockerfile_is_pinned_non_root_and_complete(image: str, entrypoint: str)
             assert (ROOT / path).exists(), f"COPY {path}: not in the repository"
 
 
-@pytest.mark.parametrize("image", ["data", "trainer", "quantizer"])
+EXTRAS = {"data": ["ray"], "trainer": ["train ray", "deepspeed"], "quantizer": ["quantize"]}
+EXTRAS |= {"server": ["serve"]}
+
+
+@pytest.mark.parametrize("image", sorted(EXTRAS))
 def test_workload_images_install_only_their_extra(image: str) -> None:
     text = (ROOT / "images" / image / "Dockerfile").read_text()
-    extra = {"data": "[ray]", "trainer": "[train,ray,deepspeed]", "quantizer": "[quantize]"}[image]
-    assert f'"modelsmith-runtime{extra}"' in text
-    assert "--no-deps /wheels/modelsmith-*.whl" in text, "no operator dependencies"
+    # The dependencies come from images/runtime/pyproject.toml and the image's extras
+    # alone (images/pyproject_deps.py); the packages follow without their dependencies.
+    found = re.findall(r"pyproject_deps\.py /tmp/deps/pyproject\.toml ?([a-z ]*) >", text)
+    assert found == EXTRAS[image]
+    assert "COPY images/pyproject_deps.py images/runtime/pyproject.toml /tmp/deps/" in text
+    assert "pip install --no-cache-dir --no-deps /wheels/*.whl" in text, "no operator deps"

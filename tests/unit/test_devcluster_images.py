@@ -1,0 +1,265 @@
+"""The pure parts of the dev images' build: content tags, buildah's argv, the base recipe.
+
+No buildah runs here: building for real is `modelsmith dev images` (see the module).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from modelsmith.cli import main
+from modelsmith.devcluster import images
+from modelsmith.devcluster.errors import DevClusterError
+from modelsmith.devcluster.images import ImageRef
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = "localhost/modelsmith/python-base:bookworm-0123456789ab"
+TORCH_IMAGES = ("trainer", "quantizer", "server")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A small checkout: the real Dockerfiles, .dockerignore and helper; stub sources."""
+    root = tmp_path / "repo"
+    for name in images.IMAGES:
+        dest = root / "images" / name
+        dest.mkdir(parents=True)
+        shutil.copy(ROOT / "images" / name / "Dockerfile", dest / "Dockerfile")
+    shutil.copy(ROOT / "images" / "pyproject_deps.py", root / "images" / "pyproject_deps.py")
+    shutil.copy(ROOT / ".dockerignore", root / ".dockerignore")
+    files = {
+        "pyproject.toml": '[project]\nname = "modelsmith"\ndependencies = ["kopf"]\n',
+        "README.md": "# modelsmith\n",
+        "operator/modelsmith/__init__.py": "",
+        "operator/modelsmith/cli.py": "def main() -> int:\n    return 0\n",
+        "images/runtime/pyproject.toml": '[project]\nname = "modelsmith-runtime"\n',
+        "images/runtime/modelsmith_runtime/cli.py": "def main() -> int:\n    return 0\n",
+        "tests/unit/test_x.py": "",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def tags(root: Path, base: str = BASE) -> dict[str, str]:
+    return {name: images.image_tag(name, root, base) for name in images.IMAGES}
+
+
+def test_tag_is_stable_and_follows_the_sources(tree: Path) -> None:
+    before = tags(tree)
+    assert before == tags(tree), "the same tree gives the same tags"
+    assert all(re.fullmatch(r"[0-9a-f]{16}", t) for t in before.values())
+    assert len(set(before.values())) == len(before), "each Dockerfile differs"
+
+    (tree / "images/runtime/modelsmith_runtime/cli.py").write_text("# changed\n")
+    after = tags(tree)
+    assert after["operator"] == before["operator"], "the operator image has no runtime code"
+    assert all(after[n] != before[n] for n in ("data", *TORCH_IMAGES))
+
+    (tree / "operator/modelsmith/cli.py").write_text("# changed too\n")
+    assert all(tags(tree)[n] != after[n] for n in images.IMAGES)
+
+
+def test_tag_ignores_unrelated_and_dockerignored_files(tree: Path) -> None:
+    before = tags(tree)
+    (tree / "tests/unit/test_x.py").write_text("changed = True\n")
+    (tree / "images/trainer/NOTES.md").write_text("not copied by any Dockerfile\n")
+    cache = tree / "operator/modelsmith/__pycache__"
+    cache.mkdir()
+    (cache / "cli.cpython-311.pyc").write_bytes(b"\0")
+    (tree / "operator/modelsmith.egg-info").mkdir()
+    (tree / "operator/modelsmith.egg-info/PKG-INFO").write_text("Name: modelsmith\n")
+    assert tags(tree) == before
+
+
+def test_tag_follows_the_dockerfile_the_base_and_the_dependencies(tree: Path) -> None:
+    before = tags(tree)
+    assert tags(tree, BASE.replace("0123", "4567")) != before
+    dockerfile = tree / "images/data/Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "LABEL x=y\n")
+    after = tags(tree)
+    assert after["data"] != before["data"]
+    assert {n: t for n, t in after.items() if n != "data"} == {
+        n: t for n, t in before.items() if n != "data"
+    }
+    (tree / "images/runtime/pyproject.toml").write_text('[project]\nname = "x"\n')
+    assert tags(tree)["operator"] == before["operator"]
+    assert tags(tree)["data"] != after["data"]
+
+
+def test_copy_sources_skip_other_stages_and_flags() -> None:
+    dockerfile = (
+        "FROM x AS build\n"
+        "COPY --chown=1:1 a.txt b/ /dst/\n"
+        "# a comment\n"
+        "COPY --from=build /wheels /wheels\n"
+        'COPY ["c d", "/e"]\n'
+        "RUN echo \\\n  COPY not-an-instruction /x\n"
+        "ADD f.tar /\n"
+    )
+    assert images.copy_sources(dockerfile) == ["a.txt", "b", "c d", "f.tar"]
+
+
+def test_every_copy_source_of_the_real_dockerfiles_exists() -> None:
+    for name in images.IMAGES:
+        sources = images.copy_sources(images.dockerfile_path(ROOT, name).read_text())
+        assert "operator" in sources
+        assert images.context_files(ROOT, sources, images.ignore_patterns(ROOT))
+
+
+def test_dockerignore_patterns(tree: Path) -> None:
+    patterns = images.ignore_patterns(tree)
+    assert images.is_ignored("operator/modelsmith/__pycache__/x.pyc", patterns)
+    assert images.is_ignored("images/runtime/modelsmith_runtime.egg-info/PKG-INFO", patterns)
+    assert images.is_ignored(".venv/bin/python", patterns)
+    assert not images.is_ignored("operator/modelsmith/cli.py", patterns)
+    (tree / ".dockerignore").write_text("!keep.txt\n")
+    with pytest.raises(DevClusterError, match="only NAME"):
+        images.ignore_patterns(tree)
+
+
+def test_bud_argv_uses_runc_layers_the_ca_bundle_and_the_local_base(tree: Path) -> None:
+    argv = images.bud_argv("data", tree, "abc", BASE)
+    assert argv[:2] == ["buildah", "bud"]
+    assert argv[argv.index("--runtime") + 1] == "runc", "crun fails on hybrid cgroup v1"
+    assert "--layers" in argv
+    assert argv[argv.index("--network") + 1] == "host"
+    ca = "/etc/ssl/certs/ca-certificates.crt"
+    assert argv[argv.index("-v") + 1] == f"{ca}:{ca}:ro"
+    assert argv[argv.index("--build-arg") + 1] == f"PYTHON_IMAGE={BASE}"
+    assert argv[argv.index("-f") + 1] == str(tree / "images/data/Dockerfile")
+    assert argv[argv.index("-t") + 1] == "localhost/modelsmith/data:abc"
+    assert argv[-1] == str(tree)
+    assert "-v" not in images.bud_argv("data", tree, "abc", BASE, ca_bundle=None)
+
+
+def test_push_argv_speaks_plain_http_to_the_dev_registry() -> None:
+    ref = ImageRef("data", "0123456789abcdef")
+    assert ref.reference == "localhost/modelsmith/data:0123456789abcdef"
+    assert images.push_argv(ref, "127.0.0.1:5000") == [
+        "buildah",
+        "push",
+        "--tls-verify=false",
+        "localhost/modelsmith/data:0123456789abcdef",
+        "docker://127.0.0.1:5000/modelsmith/data:0123456789abcdef",
+    ]
+    with pytest.raises(DevClusterError, match="HOST:PORT"):
+        images.push(ref, "http://127.0.0.1:5000")
+
+
+def test_base_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = images.base_key()
+    assert re.fullmatch(r"bookworm-[0-9a-f]{12}", key)
+    assert images.base_reference() == f"localhost/modelsmith/python-base:{key}"
+    argv = images.mmdebstrap_argv(tmp_path / "base.tar")
+    assert "--variant=minbase" in argv
+    assert "--include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates" in argv
+    assert any("EXTERNALLY-MANAGED" in a and a.startswith("--customize-hook=rm") for a in argv)
+    assert argv[argv.index("bookworm") + 1] == str(tmp_path / "base.tar")
+    monkeypatch.setattr(images, "BASE_PACKAGES", (*images.BASE_PACKAGES, "curl"))
+    assert images.base_key() != key
+
+
+def test_base_tarball_is_cached_outside_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
+    assert images.base_tarball().parent == tmp_path / "cache" / "images"
+
+
+def test_missing_buildah_names_the_debian_packages(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(DevClusterError, match=r"apt-get install .*buildah mmdebstrap runc"):
+        images.build(["data"])
+    assert main(["dev", "images", "operator"]) == 1
+    assert "buildah" in capsys.readouterr().err
+
+
+def test_unknown_image_is_a_clear_error() -> None:
+    with pytest.raises(DevClusterError, match="unknown image nope"):
+        images.build(["nope"])
+
+
+def test_image_names_belong_to_dev_images(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dev", "status", "data"]) == 1
+    assert "modelsmith dev images" in capsys.readouterr().err
+
+
+def _final_stage(name: str) -> list[str]:
+    text = images.dockerfile_path(ROOT, name).read_text()
+    final = text.rsplit("\nFROM ", 1)[1]
+    return [f"{word} {args}" for word, args in images._instructions("FROM " + final)]
+
+
+def test_torch_images_share_one_torch_layer() -> None:
+    """Same parent (the base, then the same useradd) and the same instruction text:
+    buildah's layer cache and a registry then hold the torch layer once for all three."""
+    heads = {name: _final_stage(name)[:3] for name in TORCH_IMAGES}
+    first = heads["trainer"]
+    assert all(head == first for head in heads.values()), heads
+    assert first[0] == "FROM ${PYTHON_IMAGE}"
+    assert first[1] == "RUN useradd --uid 10001 --create-home modelsmith"
+    assert re.fullmatch(r"RUN pip install --no-cache-dir torch==\d+\.\d+\.\d+", first[2])
+
+
+@pytest.mark.parametrize("name", images.IMAGES)
+def test_dependencies_come_before_the_sources(name: str) -> None:
+    """A source-only change must leave the dependency layer cached."""
+    steps = _final_stage(name)
+    deps = next(i for i, s in enumerate(steps) if "pip install -r /tmp/deps/" in s)
+    sources = steps.index("COPY --from=build /wheels /wheels")
+    assert deps < sources
+    assert "--mount=type=cache,target=/root/.cache/pip" in steps[deps]
+    for step in steps[:deps]:
+        if step.startswith("COPY"):
+            assert re.search(r" /tmp/deps/$", step) and "operator" not in step, step
+    assert "--no-deps /wheels/*.whl" in steps[sources + 1]
+
+
+def _pyproject_deps() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "pyproject_deps", ROOT / "images/pyproject_deps.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pyproject_deps_expands_extras_and_self_references() -> None:
+    helper = _pyproject_deps()
+    project = {
+        "project": {
+            "name": "Modelsmith_Runtime",
+            "dependencies": ["numpy>=2"],
+            "optional-dependencies": {
+                "a": ["torch>=2.15", "numpy>=2"],
+                "b": ["ray[data]>=2.60"],
+                "all": ["modelsmith-runtime[a,b]"],
+            },
+        }
+    }
+    assert helper.requirements(project, []) == ["numpy>=2"]
+    assert helper.requirements(project, ["all"]) == ["numpy>=2", "torch>=2.15", "ray[data]>=2.60"]
+    with pytest.raises(SystemExit, match="no extra 'c'"):
+        helper.requirements(project, ["c"])
+
+
+def test_pyproject_deps_reads_the_real_runtime_extras() -> None:
+    import tomllib
+
+    helper = _pyproject_deps()
+    runtime = tomllib.loads((ROOT / "images/runtime/pyproject.toml").read_text())
+    train = helper.requirements(runtime, ["train", "ray"])
+    assert any(r.startswith("torch") for r in train)
+    assert any(r.startswith("ray[") for r in train)
+    assert not any(r.startswith("torch") for r in helper.requirements(runtime, ["ray"]))
