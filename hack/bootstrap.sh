@@ -6,6 +6,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The dev cluster's real node and the image builds use Debian's container tools:
+# containerd and runc run the pods, the CNI plugins wire them, socat bridges the API and
+# the registry into the node's network namespace, mmdebstrap and buildah build images.
+debs="containerd runc containernetworking-plugins iptables nftables socat catatonit mmdebstrap buildah skopeo uidmap"
+missing=$(for deb in $debs; do dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "ok installed" || echo "$deb"; done)
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: installing Debian packages:" $missing
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  else
+    echo "bootstrap: the real node needs these Debian packages (as root: apt-get install" \
+      $missing"); the control plane and kwok nodes work without them" >&2
+  fi
+fi
+
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv

@@ -11,9 +11,28 @@ from collections.abc import Sequence
 from modelsmith.devcluster.errors import DevClusterError
 
 
+def _dev_images(args: argparse.Namespace) -> int:
+    from modelsmith.devcluster import images
+
+    refs = images.build(args.images or images.IMAGES)  # prints each image and its size
+    if args.push:
+        for ref in refs.values():
+            images.push(ref, args.push)
+    return 0
+
+
+def _dev_command(args: argparse.Namespace) -> int:
+    if args.dev_command == "images":
+        return _dev_images(args)
+    if args.images or args.push:
+        raise DevClusterError("image names and --push go with `modelsmith dev images`")
+    return _dev(args)
+
+
 def _dev(args: argparse.Namespace) -> int:
     from modelsmith.devcluster import tools
     from modelsmith.devcluster.cluster import DevCluster
+    from modelsmith.devcluster.nodeconfig import NODE_NAME
 
     cluster = DevCluster.from_env()
     if args.dev_command == "build":
@@ -26,7 +45,7 @@ def _dev(args: argparse.Namespace) -> int:
         print(f'export KUBECONFIG={cluster.kubeconfig}   # or: eval "$(modelsmith dev env)"')
         return 0
     if args.dev_command == "down":
-        cluster.down()
+        cluster.down(purge=args.purge)
         return 0
     if args.dev_command == "env":
         sys.stdout.write(cluster.env())
@@ -40,8 +59,23 @@ def _dev(args: argparse.Namespace) -> int:
     for c in status.components:
         state = "healthy" if c.healthy else ("unhealthy" if c.running else "exited")
         print(f"{c.name:<26}{c.pid:>8}  {c.port:>6}  {state}")
+    for proc, alive in cluster.node.running():
+        state = "running" if alive else "exited"
+        print(f"{'node/' + proc.name:<26}{proc.pid:>8}  {'-':>6}  {state}")
     if status.running:
         print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product").rstrip())
+        pods = cluster.kubectl(
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "wide",
+            f"--field-selector=spec.nodeName={NODE_NAME}",
+            check=False,
+        )
+        if pods.strip():
+            print(f"pods on the real node {NODE_NAME}:")
+            print(pods.rstrip())
     return 0 if status.running else 1
 
 
@@ -182,11 +216,31 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="the local control plane (etcd, apiserver, kwok nodes)")
     dev.add_argument(
         "dev_command",
-        choices=["build", "up", "down", "status", "env"],
-        help="build: compile the binaries once; up/down: start/stop; status; "
-        "env: shell exports for KUBECONFIG and PATH",
+        choices=["build", "up", "down", "status", "env", "images"],
+        help="build: compile the binaries once; up: start what is not running (state is "
+        "kept); down: stop (add --purge to delete the cluster's data, certificates and "
+        "images); status; env: shell exports for KUBECONFIG and PATH; images: build the "
+        "workload and operator images with buildah (no Docker engine needed)",
     )
-    dev.set_defaults(func=_dev)
+    dev.add_argument(
+        "images",
+        nargs="*",
+        metavar="IMAGE",
+        help="with images: which ones (operator, data, trainer, quantizer, server; default all)",
+    )
+    dev.add_argument(
+        "--push",
+        metavar="HOST:PORT",
+        help="with images: also push each to this plain-HTTP registry as "
+        "HOST:PORT/modelsmith/IMAGE:TAG",
+    )
+    dev.add_argument(
+        "--purge",
+        action="store_true",
+        help="with down: also delete etcd's data, the certificates, the registry and the "
+        "real node's images and volumes",
+    )
+    dev.set_defaults(func=_dev_command)
 
     crds = sub.add_parser(
         "crds", help="regenerate crds/, the chart's CRD templates and the batch Argo CD checks"

@@ -6,7 +6,11 @@ stop it, break it and restart it without disturbing the other tests.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import pytest
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.components import Component, Ports
 from modelsmith.devcluster.errors import DevClusterError
-from modelsmith.devcluster.processes import is_alive, port_in_use, stop
+from modelsmith.devcluster.processes import is_alive, port_in_use
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +33,7 @@ def _private_ports(session: DevCluster) -> Ports:
 def private(tmp_path: Path, dev_cluster: DevCluster) -> Iterator[DevCluster]:
     cluster = DevCluster(tmp_path / "dev", _private_ports(dev_cluster), timeout=90)
     yield cluster
-    cluster.down(log=lambda _m: None)
+    cluster.down(log=lambda _m: None, purge=True)
 
 
 def _ports(cluster: DevCluster) -> list[int]:
@@ -45,6 +49,7 @@ def test_up_is_idempotent_and_down_leaves_nothing_behind(private: DevCluster) ->
         "kube-controller-manager",
         "kube-scheduler",
         "kwok",
+        "registry",
     }
     assert private.status().running
 
@@ -56,21 +61,92 @@ def test_up_is_idempotent_and_down_leaves_nothing_behind(private: DevCluster) ->
     assert not any(is_alive(p) for p in first)
     assert not any(port_in_use(port) for port in _ports(private))
     assert private.status().components == []
+    assert private.kubeconfig.exists(), "down keeps the cluster's state; only purge wipes"
+
+    private.down(log=lambda _m: None, purge=True)
     assert not private.kubeconfig.exists()
+    assert not (private.home / "etcd").exists()
+    assert not (private.home / "pki").exists()
 
 
-def test_up_restarts_a_cluster_that_lost_a_component(private: DevCluster) -> None:
+def _kwok_job(name: str, seconds: int) -> str:
+    """A Job whose pod kwok runs for ``seconds`` and then completes."""
+    return json.dumps(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name, "namespace": "kept"},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "metadata": {"annotations": {"kwok.modelsmith.io/run-duration": f"{seconds}s"}},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "nodeSelector": {"type": "kwok"},
+                        "containers": [{"name": "main", "image": "example.invalid/run:1"}],
+                    },
+                },
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "victims",
+    [
+        ("etcd",),
+        ("kube-apiserver",),
+        ("kube-controller-manager", "kube-scheduler", "kwok"),
+    ],
+    ids="+".join,
+)
+def test_a_crashed_component_comes_back_with_nothing_lost(
+    private: DevCluster, victims: tuple[str, ...]
+) -> None:
+    """Killed mid-run (SIGKILL, as a crash), `up` restarts only what died: same etcd data,
+    same CA (clients keep their kubeconfig), and the running Job still completes."""
     private.up(log=lambda _m: None)
-    scheduler = next(p for p in private.state.load() if p.name == "kube-scheduler")
+    kubeconfig = private.kubeconfig.read_bytes()
+    private.kubectl("create", "namespace", "kept")
+    private.kubectl("create", "configmap", "precious", "-n", "kept", "--from-literal=a=1")
+    uid = private.kubectl("get", "cm", "precious", "-n", "kept", "-o", "jsonpath={.metadata.uid}")
+    private.kubectl("apply", "-f", "-", stdin=_kwok_job("run", 25))
+    private.kubectl(
+        "wait", "-n", "kept", "--for=jsonpath={.status.active}=1", "job/run", "--timeout=60s"
+    )
+    before = {p.name: p.pid for p in private.state.load()}
+    for proc in private.state.load():
+        if proc.name in victims:
+            os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(is_alive(p) for p in private.state.load() if p.name in victims):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
 
-    stop(scheduler)
-    status = private.status()
-    assert not status.running
-    assert not status.stopped
     messages: list[str] = []
     assert private.up(log=messages.append) is True
-    assert any("partly running" in m for m in messages)
-    assert private.status().running
+    assert any("partly running" in m for m in messages), messages
+    after = {p.name: p.pid for p in private.state.load()}
+    for name, pid in before.items():
+        assert (after[name] != pid) == (name in victims), name
+    assert private.kubeconfig.read_bytes() == kubeconfig
+    assert (
+        private.kubectl("get", "cm", "precious", "-n", "kept", "-o", "jsonpath={.metadata.uid}")
+        == uid
+    )
+    private.kubectl("wait", "-n", "kept", "--for=condition=Complete", "job/run", "--timeout=90s")
+    assert (
+        private.kubectl("get", "job", "run", "-n", "kept", "-o", "jsonpath={.status.succeeded}")
+        == "1"
+    )
+
+
+def test_down_then_up_is_the_same_cluster(private: DevCluster) -> None:
+    private.up(log=lambda _m: None)
+    private.kubectl("create", "namespace", "kept")
+    private.down(log=lambda _m: None)
+    assert private.up(log=lambda _m: None) is True
+    assert "kept" in private.kubectl("get", "namespaces", "-o", "name")
 
 
 def test_taken_port_fails_up_before_anything_starts(private: DevCluster) -> None:
@@ -103,7 +179,7 @@ def test_unhealthy_api_server_times_out_with_a_clear_error(
         with pytest.raises(DevClusterError, match="timed out after 5s waiting for kube-apiserver"):
             broken.up(log=lambda _m: None)
     finally:
-        broken.down(log=lambda _m: None)
+        broken.down(log=lambda _m: None, purge=True)
     assert broken.state.load() == []
     assert not any(port_in_use(port) for port in _ports(broken))
 
@@ -118,11 +194,13 @@ def test_up_restarts_a_cluster_started_with_other_flags(
         messages: list[str] = []
         current = DevCluster(home, ports, timeout=90)
         assert current.up(log=messages.append) is True
-        assert any("other binaries or flags" in m for m in messages)
+        assert any(
+            "restarting kube-scheduler" in m and "other binaries or flags" in m for m in messages
+        ), messages
         scheduler = next(p for p in current.state.load() if p.name == "kube-scheduler")
         assert "--v=4" not in scheduler.argv
     finally:
-        DevCluster(home, ports).down(log=lambda _m: None)
+        DevCluster(home, ports).down(log=lambda _m: None, purge=True)
 
 
 class _VerboseScheduler(DevCluster):

@@ -12,7 +12,7 @@ import yaml
 from modelsmith.cli import main
 from modelsmith.devcluster import tools
 from modelsmith.devcluster.cluster import DevCluster
-from modelsmith.devcluster.components import Ports, components
+from modelsmith.devcluster.components import Component, Ports, components
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.nodes import DEFAULT_NODES, GPU_RESOURCE, node_manifest
 from modelsmith.devcluster.pki import PKIPaths
@@ -73,7 +73,7 @@ def test_taken_port_is_named_in_the_error(tmp_path: Path, held_port: int) -> Non
     assert port_in_use(held_port)
     cluster = DevCluster(tmp_path, Ports.from_base(held_port - 3))  # apiserver = base + 3
     with pytest.raises(DevClusterError, match=rf"{held_port} \(kube-apiserver\)"):
-        cluster._check_ports_free()
+        cluster._check_ports_free([Component("kube-apiserver", [], held_port, "")])
 
 
 def test_bad_environment_values_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,6 +149,7 @@ def test_every_component_listens_on_loopback_only(
         "kube-controller-manager",
         "kube-scheduler",
         "kwok",
+        "registry",
     ]
     assert sorted(c.port for c in found) == sorted(
         p for n, p in ports.by_component().items() if n != "etcd (peer)"

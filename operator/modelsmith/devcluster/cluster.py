@@ -28,10 +28,12 @@ from modelsmith.devcluster.components import (
     Component,
     Ports,
     components,
+    registry_config,
     stages_bytes,
     stages_path,
 )
 from modelsmith.devcluster.errors import DevClusterError
+from modelsmith.devcluster.nodeconfig import NODE_NAME, TAINT_KEY
 from modelsmith.devcluster.nodes import DEFAULT_NODES, node_manifest
 from modelsmith.devcluster.processes import (
     Running,
@@ -42,6 +44,7 @@ from modelsmith.devcluster.processes import (
     stop,
     tail,
 )
+from modelsmith.devcluster.realnode import NodeUnavailableError, RealNode
 
 DEFAULT_PORT_BASE = 16440
 DEFAULT_TIMEOUT = 90.0
@@ -97,19 +100,35 @@ def default_home() -> Path:
 class DevCluster:
     """One local cluster, identified by its home directory and its ports."""
 
-    def __init__(self, home: Path, ports: Ports, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        home: Path,
+        ports: Ports,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        real_node: bool = False,
+        require_real_node: bool = False,
+    ) -> None:
         self.home = home
         self.ports = ports
         self.timeout = timeout
         self.state = StateFile(home / "state.json")
+        self.real_node = real_node or require_real_node
+        self.require_real_node = require_real_node
+        self.node = RealNode(home, ports, pki.PKIPaths(home / "pki"))
 
     @classmethod
     def from_env(cls) -> DevCluster:
-        """Configured by MODELSMITH_DEV_HOME, MODELSMITH_DEV_PORT_BASE, MODELSMITH_DEV_TIMEOUT."""
+        """Configured by MODELSMITH_DEV_HOME, MODELSMITH_DEV_PORT_BASE, MODELSMITH_DEV_TIMEOUT
+        and MODELSMITH_DEV_REAL_NODE (``0``: kwok only; ``require``: fail when it cannot
+        start, as CI does; anything else: start it when the machine can)."""
+        mode = os.environ.get("MODELSMITH_DEV_REAL_NODE", "1").strip().lower()
         return cls(
             default_home(),
             Ports.from_base(_env_number("MODELSMITH_DEV_PORT_BASE", DEFAULT_PORT_BASE, int)),
             _env_number("MODELSMITH_DEV_TIMEOUT", DEFAULT_TIMEOUT, float),
+            real_node=mode not in ("0", "false", "no", "off"),
+            require_real_node=mode == "require",
         )
 
     @property
@@ -145,47 +164,101 @@ class DevCluster:
     # -- up -----------------------------------------------------------------------------
 
     def up(self, log: Callable[[str], None] = print) -> bool:
-        """Start the cluster; return False when it was already running and was reused."""
+        """Start what is not running; return False when everything already ran and was reused.
+
+        Like minikube's stop/start, state survives: etcd's data, the certificates and the
+        kubeconfig are kept, so a crashed or stopped component comes back to the same
+        cluster (same CA, so running clients reconnect) with every object still there.
+        Only a component whose binary or flags changed is restarted; only `down(purge=True)`
+        wipes.
+        """
         for tool in tools.ALL_TOOLS:
             tools.build(tool)
         self._link_binaries()
-        current = self.status()
-        same = [p.argv for p in self.state.load()] == [c.argv for c in self._components()]
-        if current.running and same:
+        wanted = self._components()
+        recorded = {p.name: p for p in self.state.load()}
+        reusable = {
+            c.name
+            for c in wanted
+            if c.name in recorded and is_alive(recorded[c.name]) and recorded[c.name].argv == c.argv
+        }
+        if len(reusable) == len(wanted) and all(self._healthy(c) for c in wanted):
+            if self._node_up(log):
+                return True
             log(f"dev cluster already running at {self.server} (home {self.home}); reusing it")
             return False
-        if current.running:
-            log("dev cluster runs other binaries or flags than this checkout's; restarting it")
-        elif not current.stopped:
-            log("dev cluster is partly running; stopping what is left and starting afresh")
-        self.down(log=lambda _msg: None)
-        self._check_ports_free()
+        if reusable:
+            log(
+                "dev cluster is partly running; starting what is stopped "
+                "(etcd data, certificates and kubeconfig kept)"
+            )
+        self._stop_unwanted(recorded, wanted, reusable, log)
+        self._check_ports_free([c for c in wanted if c.name not in reusable])
         self._prepare_home()
+        running: list[Running] = []
         started: list[Running] = []
         try:
-            for component in self._components():
-                log(f"starting {component.name} on 127.0.0.1:{component.port}")
-                proc = start(
-                    component.name,
-                    component.argv,
-                    component.port,
-                    self.home / "logs" / f"{component.name}.log",
-                )
-                started.append(proc)
-                self.state.save(started)
+            for component in wanted:
+                if component.name in reusable:
+                    proc = recorded[component.name]
+                else:
+                    log(f"starting {component.name} on 127.0.0.1:{component.port}")
+                    proc = start(
+                        component.name,
+                        component.argv,
+                        component.port,
+                        self.home / "logs" / f"{component.name}.log",
+                    )
+                    started.append(proc)
+                running.append(proc)
+                self.state.save(running)
                 self._wait_healthy(proc, component)
             self._register_nodes()
-            self._wait_until(self._nodes_ready, "the kwok nodes to become Ready", started[-1])
+            self._wait_until(self._nodes_ready, "the kwok nodes to become Ready", running[-1])
             self._wait_until(
-                self._default_service_account, "the default service account", started[0]
+                self._default_service_account, "the default service account", running[0]
             )
         except BaseException:
             for proc in reversed(started):
                 stop(proc)
-            self.state.clear()
+            self.state.save([p for p in running if p not in started])
             raise
+        self._node_up(log)
         log(f"dev cluster up: {self.server}; kubeconfig {self.kubeconfig}")
         return True
+
+    def _node_up(self, log: Callable[[str], None]) -> bool:
+        """Start the real node; when it cannot start, say exactly why and go on with kwok."""
+        if not self.real_node:
+            return False
+        try:
+            started = self.node.up(self.kubectl, self.timeout, log)
+        except NodeUnavailableError as exc:
+            if self.require_real_node:
+                raise
+            log(f"real node not started (the control plane and kwok nodes still work): {exc}")
+            return False
+        if started:
+            log(f"real node {NODE_NAME} Ready (pods that tolerate {TAINT_KEY} run there)")
+        return started
+
+    def _stop_unwanted(
+        self,
+        recorded: dict[str, Running],
+        wanted: list[Component],
+        reusable: set[str],
+        log: Callable[[str], None],
+    ) -> None:
+        """Stop recorded processes that will not be reused (changed flags, or unknown now)."""
+        flags = {c.name: c.argv for c in wanted}
+        for proc in reversed(list(recorded.values())):
+            if proc.name in reusable or not is_alive(proc):
+                continue
+            if proc.name in flags:
+                log(f"restarting {proc.name}: this checkout runs it with other binaries or flags")
+            else:
+                log(f"stopping {proc.name}: this checkout does not run it")
+            stop(proc)
 
     def _link_binaries(self) -> None:
         """Put every built tool in one folder, so `dev env` can prepend it to PATH."""
@@ -196,22 +269,37 @@ class DevCluster:
                 link.unlink(missing_ok=True)
                 link.symlink_to(tools.binary(tool, name))
 
-    def _check_ports_free(self) -> None:
-        taken = [f"{p} ({c})" for c, p in self.ports.by_component().items() if port_in_use(p)]
+    def _check_ports_free(self, to_start: list[Component]) -> None:
+        ports = self.ports.by_component()
+        names = {c.name for c in to_start}
+        if "etcd" in names:
+            names.add("etcd (peer)")
+        wanted = {c: p for c, p in ports.items() if c in names}
+        # A process that just died (a crash) may still be closing its sockets: /proc
+        # already says it is gone while the kernel has yet to release its port.
+        deadline = time.monotonic() + 5
+        taken = [f"{p} ({c})" for c, p in wanted.items() if port_in_use(p)]
+        while taken and time.monotonic() < deadline:
+            time.sleep(0.2)
+            taken = [f"{p} ({c})" for c, p in wanted.items() if port_in_use(p)]
         if taken:
             raise DevClusterError(
                 f"port(s) already in use on 127.0.0.1: {', '.join(taken)}. Stop whatever "
                 "holds them (`ss -ltnp`) or choose other ports with "
-                "MODELSMITH_DEV_PORT_BASE=<port> (7 consecutive ports are used)"
+                "MODELSMITH_DEV_PORT_BASE=<port> (8 consecutive ports are used)"
             )
 
     def _prepare_home(self) -> None:
-        for sub in ("pki", "etcd", "logs"):
-            shutil.rmtree(self.home / sub, ignore_errors=True)
+        """Keep the certificates (and so the kubeconfig) while all of them are there."""
         self.home.mkdir(parents=True, exist_ok=True)
-        paths = pki.generate(self.home / "pki")
-        self._write_kubeconfig(paths)
+        if not pki.complete(self._pki):
+            shutil.rmtree(self.home / "pki", ignore_errors=True)
+            shutil.rmtree(self.home / "etcd", ignore_errors=True)  # its tokens need the old key
+            pki.generate(self.home / "pki")
+        self._write_kubeconfig(self._pki)
         stages_path(self.home).write_bytes(stages_bytes())
+        registry_file, registry_text = registry_config(self.home, self.ports)
+        registry_file.write_text(registry_text)
 
     def _write_kubeconfig(self, paths: pki.PKIPaths) -> None:
         def b64(path: Path) -> str:
@@ -337,10 +425,16 @@ class DevCluster:
         except DevClusterError:
             return []
 
-    def down(self, log: Callable[[str], None] = print) -> list[str]:
-        """Stop every recorded process (newest first) and make sure its port is free."""
+    def down(self, log: Callable[[str], None] = print, *, purge: bool = False) -> list[str]:
+        """Stop every recorded process (newest first); with ``purge``, also wipe all state.
+
+        Without ``purge`` the etcd data, certificates and kubeconfig stay, so the next
+        `up` brings back the same cluster with its objects.
+        """
+        stopped = self.node.down(log, purge=purge) if self.node.has_traces() else []
+        if purge:
+            shutil.rmtree(self.node.paths.home, ignore_errors=True)
         procs = self.state.load()
-        stopped = []
         for proc in reversed(procs):
             if is_alive(proc):
                 log(f"stopping {proc.name} (pid {proc.pid})")
@@ -348,7 +442,7 @@ class DevCluster:
                 stopped.append(proc.name)
         self.state.clear()
         deadline = time.monotonic() + 10
-        held = [p for p in procs if port_in_use(p.port)]
+        held = [p for p in procs if p.port and port_in_use(p.port)]
         while held and time.monotonic() < deadline:
             time.sleep(0.2)
             held = [p for p in held if port_in_use(p.port)]
@@ -357,11 +451,13 @@ class DevCluster:
                 "stopped the dev cluster but these ports are still taken: "
                 + ", ".join(f"{p.port} ({p.name})" for p in held)
             )
-        for sub in ("etcd", "pki"):
-            shutil.rmtree(self.home / sub, ignore_errors=True)
-        self.kubeconfig.unlink(missing_ok=True)
         if not stopped:
             log("dev cluster was not running")
+        if purge:
+            for sub in ("etcd", "pki", "logs", "registry"):
+                shutil.rmtree(self.home / sub, ignore_errors=True)
+            self.kubeconfig.unlink(missing_ok=True)
+            log(f"dev cluster state removed from {self.home}")
         return stopped
 
     def env(self) -> str:

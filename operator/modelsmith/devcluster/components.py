@@ -15,6 +15,8 @@ from pathlib import Path
 from modelsmith.devcluster import pki, tools
 
 LOOPBACK = "127.0.0.1"
+NODE_IP = "10.250.0.2"
+"""The real node's address, on a veth into its own network namespace (see realnode)."""
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,11 @@ class Ports:
     controller_manager: int
     scheduler: int
     kwok: int
+    registry: int
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
-        return cls(base, base + 1, base + 3, base + 4, base + 5, base + 6)
+        return cls(base, base + 1, base + 3, base + 4, base + 5, base + 6, base + 7)
 
     def by_component(self) -> dict[str, int]:
         return {
@@ -38,6 +41,7 @@ class Ports:
             "kube-controller-manager": self.controller_manager,
             "kube-scheduler": self.scheduler,
             "kwok": self.kwok,
+            "registry": self.registry,
         }
 
 
@@ -97,7 +101,9 @@ def components(home: Path, ports: Ports, certs: pki.PKIPaths, kubeconfig: Path) 
                 str(tools.binary(k8s, "kube-apiserver")),
                 f"--etcd-servers={etcd_url}",
                 f"--bind-address={LOOPBACK}",
-                f"--advertise-address={LOOPBACK}",
+                # The `kubernetes` Service's endpoint: the real node's address, where its
+                # API bridge listens, so pods reach the API server through the Service.
+                f"--advertise-address={NODE_IP}",
                 f"--secure-port={p.apiserver}",
                 f"--tls-cert-file={certs.apiserver_cert}",
                 f"--tls-private-key-file={certs.apiserver_key}",
@@ -108,6 +114,12 @@ def components(home: Path, ports: Ports, certs: pki.PKIPaths, kubeconfig: Path) 
                 f"--service-account-signing-key-file={certs.sa_key}",
                 f"--service-cluster-ip-range={pki.SERVICE_CLUSTER_IP_RANGE}",
                 "--enable-admission-plugins=ExtendedResourceToleration",
+                # `kubectl logs/exec/port-forward` on the real node: the API server is the
+                # kubelet's client (admin pair), by the node's IP (its hostname resolves
+                # nowhere, and every lookup stays local).
+                f"--kubelet-client-certificate={certs.admin_cert}",
+                f"--kubelet-client-key={certs.admin_key}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
@@ -160,4 +172,27 @@ def components(home: Path, ports: Ports, certs: pki.PKIPaths, kubeconfig: Path) 
             p.kwok,
             f"http://{LOOPBACK}:{p.kwok}/healthz",
         ),
+        Component(
+            "registry",
+            [
+                str(tools.binary(tools.REGISTRY, "registry")),
+                "serve",
+                str(registry_config(home, p)[0]),
+            ],
+            p.registry,
+            f"http://{LOOPBACK}:{p.registry}/v2/",
+        ),
     ]
+
+
+def registry_config(home: Path, ports: Ports) -> tuple[Path, str]:
+    """The image registry's config file (distribution's format), named by its content."""
+    text = (
+        "version: 0.1\n"
+        "log: {level: warn, accesslog: {disabled: true}}\n"
+        f"storage: {{filesystem: {{rootdirectory: {home / 'registry'}}}, "
+        "delete: {enabled: true}}\n"
+        f"http: {{addr: '{LOOPBACK}:{ports.registry}'}}\n"
+    )
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return home / f"registry-{digest}.yml", text

@@ -181,3 +181,36 @@ def generate(root: Path) -> PKIPaths:
         )
     )
     return paths
+
+
+_CA_FILES = ("ca_cert", "ca_key", "apiserver_cert", "apiserver_key", "admin_cert", "admin_key")
+
+
+def complete(paths: PKIPaths) -> bool:
+    """Every file `generate` writes is there (a crash half-way through means start over)."""
+    files = [getattr(paths, name) for name in _CA_FILES] + [paths.sa_key, paths.sa_pub]
+    return all(f.is_file() and f.stat().st_size > 0 for f in files)
+
+
+def client_pair(paths: PKIPaths, name: str, cn: str, org: str | None = None) -> tuple[Path, Path]:
+    """A client certificate signed by the cluster's CA, made once and kept with the CA.
+
+    The real node's kubelet is ``system:node:<node>`` in ``system:nodes`` (the Node
+    authorizer's identity), kube-proxy ``system:kube-proxy`` (bound to
+    system:node-proxier by default): static certificates, since the CA key is ours and
+    TLS bootstrap would need more controller-manager flags for nothing.
+    """
+    cert, key = paths.root / f"{name}.crt", paths.root / f"{name}.key"
+    if cert.is_file() and key.is_file():
+        existing = x509.load_pem_x509_certificate(cert.read_bytes())
+        if existing.subject == _name(cn, org):
+            return cert, key
+    ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{paths.ca_key} is not the EC key `generate` writes")
+    ca_name = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes()).subject
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    issued = _issue(ca_key, ca_name, _name(cn, org), client_key, client=True)
+    _write_key(key, client_key)
+    cert.write_bytes(issued.public_bytes(serialization.Encoding.PEM))
+    return cert, key

@@ -28,6 +28,8 @@ class Running:
     argv: list[str]
     port: int
     log: str
+    exe: str = ""
+    """The binary that ends up running, when argv[0] only execs it (nsenter)."""
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -50,10 +52,10 @@ def is_alive(proc: Running) -> bool:
         exe = str(Path(f"/proc/{proc.pid}/exe").readlink())
     except OSError:
         return False  # gone, a zombie (no exe), or not ours to inspect
-    return exe.removesuffix(" (deleted)") == os.path.realpath(proc.argv[0])
+    return exe.removesuffix(" (deleted)") == os.path.realpath(proc.exe or proc.argv[0])
 
 
-def start(name: str, argv: list[str], port: int, log: Path) -> Running:
+def start(name: str, argv: list[str], port: int, log: Path, exe: str = "") -> Running:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -63,7 +65,7 @@ def start(name: str, argv: list[str], port: int, log: Path) -> Running:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Running(name=name, pid=proc.pid, argv=argv, port=port, log=str(log))
+    return Running(name=name, pid=proc.pid, argv=argv, port=port, log=str(log), exe=exe)
 
 
 def stop(proc: Running, timeout: float = 15.0) -> None:

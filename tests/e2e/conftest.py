@@ -1,0 +1,118 @@
+"""The e2e tier: real pods on the dev cluster's real node, images from its registry.
+
+The session's dev cluster (the integration tier's fixture) must have its real node
+Ready: these tests fail, never skip, when it is not, because on a machine of this
+project's kind it can always start (`up` says why when it cannot).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from modelsmith.devcluster import images
+from modelsmith.devcluster.cluster import DevCluster
+from modelsmith.devcluster.nodeconfig import LABEL, NODE_NAME, REGISTRY_IN_NODE, TAINT_KEY
+from tests.integration.conftest import (  # noqa: F401 (fixtures shared with integration)
+    core,
+    crds,
+    dev_cluster,
+    kubeconfig,
+    namespace,
+)
+
+pytestmark = pytest.mark.integration
+
+ON_REAL_NODE: dict[str, Any] = {
+    "nodeSelector": {LABEL: "true"},
+    "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+}
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@pytest.fixture(scope="session")
+def real_node(dev_cluster: DevCluster) -> str:  # noqa: F811
+    out = dev_cluster.kubectl("get", "node", NODE_NAME, "-o", "json", check=False)
+    assert out, (
+        f"the dev cluster has no real node {NODE_NAME}: `modelsmith dev up` says why "
+        "(MODELSMITH_DEV_REAL_NODE=require makes that an error)"
+    )
+    ready = [c for c in json.loads(out)["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready and ready[0]["status"] == "True", ready
+    return NODE_NAME
+
+
+@pytest.fixture(scope="session")
+def pushed(dev_cluster: DevCluster, real_node: str) -> dict[str, str]:  # noqa: F811
+    """The images built from this checkout and pushed to the dev registry: name -> ref
+    as pods name it (the registry as the node reaches it)."""
+    built = images.build(["operator", "data"])
+    base_tag = images.ensure_base().rsplit(":", 1)[1]
+    built["python-base"] = images.ImageRef("python-base", base_tag)
+    refs = {}
+    for name, ref in built.items():
+        images.push(ref, f"127.0.0.1:{dev_cluster.ports.registry}")
+        refs[name] = f"{REGISTRY_IN_NODE}/modelsmith/{ref.name}:{ref.tag}"
+    return refs
+
+
+def pod_on_node(
+    name: str, image: str, args: list[str], *, command: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "securityContext": RESTRICTED,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
+    }
+    if command:
+        container["command"] = command
+    container.update(extra.pop("container", {}))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            **ON_REAL_NODE,
+            "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
+            "containers": [container],
+            **extra,
+        },
+    }
+
+
+def wait_phase(
+    api: client.CoreV1Api, ns: str, name: str, phases: set[str], timeout: float = 180
+) -> client.V1Pod:
+    deadline = time.monotonic() + timeout
+    pod = api.read_namespaced_pod(name, ns)
+    while time.monotonic() < deadline:
+        pod = api.read_namespaced_pod(name, ns)
+        if pod.status.phase in phases:
+            return pod
+        time.sleep(0.5)
+    events = api.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
+    raise AssertionError(
+        f"pod {name} is {pod.status.phase}, not {phases}: "
+        + "; ".join(f"{e.reason}: {e.message}" for e in events.items)
+    )
+
+
+@pytest.fixture
+def unique() -> Iterator[str]:
+    yield f"p-{uuid.uuid4().hex[:6]}"
