@@ -54,18 +54,27 @@ def real_node(dev_cluster: DevCluster) -> str:  # noqa: F811
     return NODE_NAME
 
 
+class Pushed(dict[str, str]):
+    """Images built from this checkout and pushed to the dev registry, on first use:
+    name -> the reference pods use (the registry as the node reaches it)."""
+
+    def __init__(self, registry: str) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def __missing__(self, name: str) -> str:
+        if name == "python-base":
+            ref = images.ImageRef(name, images.ensure_base().rsplit(":", 1)[1])
+        else:
+            ref = images.build([name])[name]
+        images.push(ref, self.registry)
+        self[name] = f"{REGISTRY_IN_NODE}/modelsmith/{ref.name}:{ref.tag}"
+        return self[name]
+
+
 @pytest.fixture(scope="session")
-def pushed(dev_cluster: DevCluster, real_node: str) -> dict[str, str]:  # noqa: F811
-    """The images built from this checkout and pushed to the dev registry: name -> ref
-    as pods name it (the registry as the node reaches it)."""
-    built = images.build(["operator", "data"])
-    base_tag = images.ensure_base().rsplit(":", 1)[1]
-    built["python-base"] = images.ImageRef("python-base", base_tag)
-    refs = {}
-    for name, ref in built.items():
-        images.push(ref, f"127.0.0.1:{dev_cluster.ports.registry}")
-        refs[name] = f"{REGISTRY_IN_NODE}/modelsmith/{ref.name}:{ref.tag}"
-    return refs
+def pushed(dev_cluster: DevCluster, real_node: str) -> Pushed:  # noqa: F811
+    return Pushed(f"127.0.0.1:{dev_cluster.ports.registry}")
 
 
 def pod_on_node(

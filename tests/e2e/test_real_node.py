@@ -21,6 +21,13 @@ pytestmark = pytest.mark.integration
     [
         ("operator", ["--help"], "usage: modelsmith"),
         ("data", ["--help"], "usage: modelsmith-runtime"),
+        # The torch images (~7 GB each, one shared 5.6 GB torch layer) add ~20 min to a
+        # cold CI run: opt in until that fits CI's budget (MODELSMITH_E2E_TORCH_IMAGES=1).
+        *[
+            (name, ["--help"], "usage: modelsmith-runtime")
+            for name in ("trainer", "quantizer", "server")
+            if os.environ.get("MODELSMITH_E2E_TORCH_IMAGES") == "1"
+        ],
     ],
 )
 def test_image_starts_non_root_on_a_read_only_root(  # noqa: PLR0917 (fixtures)
@@ -34,7 +41,8 @@ def test_image_starts_non_root_on_a_read_only_root(  # noqa: PLR0917 (fixtures)
 ) -> None:
     name = f"help-{image}"
     core.create_namespaced_pod(namespace, pod_on_node(name, pushed[image], args))
-    pod = wait_phase(core, namespace, name, {"Succeeded", "Failed"})
+    # A torch image's first pull moves ~3 GB through the registry and unpacks ~6 GB.
+    pod = wait_phase(core, namespace, name, {"Succeeded", "Failed"}, timeout=900)
     logs = dev_cluster.kubectl("logs", "-n", namespace, name)
     assert pod.status.phase == "Succeeded", logs
     assert expect in logs
