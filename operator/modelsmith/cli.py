@@ -55,6 +55,7 @@ def _dev(args: argparse.Namespace) -> int:
         print(f"dev cluster: not running (home {status.home})")
         return 1
     print(f"dev cluster: {'running' if status.running else 'DEGRADED'} at {status.server}")
+    print(f"prometheus: {cluster.prometheus_url} (scrapes annotated pods on the real node)")
     print(f"{'COMPONENT':<26}{'PID':>8}  {'PORT':>6}  STATE")
     for c in status.components:
         state = "healthy" if c.healthy else ("unhealthy" if c.running else "exited")

@@ -50,6 +50,7 @@ def test_up_is_idempotent_and_down_leaves_nothing_behind(private: DevCluster) ->
         "kube-scheduler",
         "kwok",
         "registry",
+        "prometheus",
     }
     assert private.status().running
 

@@ -150,6 +150,7 @@ def test_every_component_listens_on_loopback_only(
         "kube-scheduler",
         "kwok",
         "registry",
+        "prometheus",
     ]
     assert sorted(c.port for c in found) == sorted(
         p for n, p in ports.by_component().items() if n != "etcd (peer)"
@@ -158,7 +159,7 @@ def test_every_component_listens_on_loopback_only(
         assert "://127.0.0.1:" in component.health_url
         for arg in component.argv:
             if ("://" in arg and "-url" in arg) or arg.startswith(
-                ("--bind-address", "--server-address")
+                ("--bind-address", "--server-address", "--web.listen-address")
             ):
                 assert "127.0.0.1" in arg, f"{component.name}: {arg}"
     apiserver = next(c for c in found if c.name == "kube-apiserver")

@@ -18,16 +18,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import yaml
 
-from modelsmith.devcluster import pki, tools
+from modelsmith.devcluster import pki, prometheus, tools
 from modelsmith.devcluster.components import (
     Component,
     Ports,
     components,
+    prometheus_config,
     registry_config,
     stages_bytes,
     stages_path,
@@ -144,6 +145,10 @@ class DevCluster:
         return f"https://127.0.0.1:{self.ports.apiserver}"
 
     @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.prometheus}"
+
+    @property
     def _pki(self) -> pki.PKIPaths:
         return pki.PKIPaths(self.home / "pki")
 
@@ -218,6 +223,7 @@ class DevCluster:
             self._wait_until(
                 self._default_service_account, "the default service account", running[0]
             )
+            self._apply(prometheus.rbac_manifests())  # until then its discovery gets 403s
         except BaseException:
             for proc in reversed(started):
                 stop(proc)
@@ -286,7 +292,7 @@ class DevCluster:
             raise DevClusterError(
                 f"port(s) already in use on 127.0.0.1: {', '.join(taken)}. Stop whatever "
                 "holds them (`ss -ltnp`) or choose other ports with "
-                "MODELSMITH_DEV_PORT_BASE=<port> (8 consecutive ports are used)"
+                "MODELSMITH_DEV_PORT_BASE=<port> (10 consecutive ports are used)"
             )
 
     def _prepare_home(self) -> None:
@@ -300,6 +306,9 @@ class DevCluster:
         stages_path(self.home).write_bytes(stages_bytes())
         registry_file, registry_text = registry_config(self.home, self.ports)
         registry_file.write_text(registry_text)
+        pki.client_pair(self._pki, prometheus.DEV_CLIENT, prometheus.DEV_USER)
+        prometheus_file, prometheus_text = prometheus_config(self.home, self.ports, self._pki)
+        prometheus_file.write_text(prometheus_text)
 
     def _write_kubeconfig(self, paths: pki.PKIPaths) -> None:
         def b64(path: Path) -> str:
@@ -378,7 +387,9 @@ class DevCluster:
             time.sleep(0.25)
 
     def _register_nodes(self) -> None:
-        items = [node_manifest(shape) for shape in DEFAULT_NODES]
+        self._apply([node_manifest(shape) for shape in DEFAULT_NODES])
+
+    def _apply(self, items: list[dict[str, Any]]) -> None:
         doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
         self.kubectl(
             "apply", "--server-side", "--field-manager=modelsmith-dev", "-f", "-", stdin=doc
@@ -454,7 +465,7 @@ class DevCluster:
         if not stopped:
             log("dev cluster was not running")
         if purge:
-            for sub in ("etcd", "pki", "logs", "registry"):
+            for sub in ("etcd", "pki", "logs", "registry", "prometheus"):
                 shutil.rmtree(self.home / sub, ignore_errors=True)
             self.kubeconfig.unlink(missing_ok=True)
             log(f"dev cluster state removed from {self.home}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from modelsmith.devcluster import pki, tools
+from modelsmith.devcluster import pki, prometheus, tools
 
 LOOPBACK = "127.0.0.1"
 NODE_IP = "10.250.0.2"
@@ -28,10 +28,13 @@ class Ports:
     scheduler: int
     kwok: int
     registry: int
+    prometheus: int
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
-        return cls(base, base + 1, base + 3, base + 4, base + 5, base + 6, base + 7)
+        return cls(
+            base, base + 1, base + 3, base + 4, base + 5, base + 6, base + 7, prometheus=base + 9
+        )
 
     def by_component(self) -> dict[str, int]:
         return {
@@ -42,6 +45,7 @@ class Ports:
             "kube-scheduler": self.scheduler,
             "kwok": self.kwok,
             "registry": self.registry,
+            "prometheus": self.prometheus,
         }
 
 
@@ -182,6 +186,20 @@ def components(home: Path, ports: Ports, certs: pki.PKIPaths, kubeconfig: Path) 
             p.registry,
             f"http://{LOOPBACK}:{p.registry}/v2/",
         ),
+        Component(
+            "prometheus",
+            [
+                str(tools.binary(tools.PROMETHEUS, "prometheus")),
+                f"--config.file={prometheus_config(home, p, certs)[0]}",
+                f"--storage.tsdb.path={home / 'prometheus'}",
+                "--storage.tsdb.retention.time=2d",
+                f"--web.listen-address={LOOPBACK}:{p.prometheus}",
+                "--web.enable-lifecycle",
+                "--log.level=warn",
+            ],
+            p.prometheus,
+            f"http://{LOOPBACK}:{p.prometheus}/-/ready",
+        ),
     ]
 
 
@@ -196,3 +214,11 @@ def registry_config(home: Path, ports: Ports) -> tuple[Path, str]:
     )
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return home / f"registry-{digest}.yml", text
+
+
+def prometheus_config(home: Path, ports: Ports, certs: pki.PKIPaths) -> tuple[Path, str]:
+    """The dev Prometheus's config file (see prometheus.dev_config), named by content."""
+    from modelsmith.devcluster.nodeconfig import POD_CIDR  # nodeconfig imports this module
+
+    api_server = f"https://{LOOPBACK}:{ports.apiserver}"
+    return prometheus.dev_config(home, api_server, certs, POD_CIDR)

@@ -192,6 +192,12 @@ def complete(paths: PKIPaths) -> bool:
     return all(f.is_file() and f.stat().st_size > 0 for f in files)
 
 
+def client_paths(paths: PKIPaths, name: str) -> tuple[Path, Path]:
+    """Where `client_pair` keeps ``name``'s certificate and key (a config can name them
+    before they exist)."""
+    return paths.root / f"{name}.crt", paths.root / f"{name}.key"
+
+
 def client_pair(paths: PKIPaths, name: str, cn: str, org: str | None = None) -> tuple[Path, Path]:
     """A client certificate signed by the cluster's CA, made once and kept with the CA.
 
@@ -200,7 +206,7 @@ def client_pair(paths: PKIPaths, name: str, cn: str, org: str | None = None) -> 
     system:node-proxier by default): static certificates, since the CA key is ours and
     TLS bootstrap would need more controller-manager flags for nothing.
     """
-    cert, key = paths.root / f"{name}.crt", paths.root / f"{name}.key"
+    cert, key = client_paths(paths, name)
     if cert.is_file() and key.is_file():
         existing = x509.load_pem_x509_certificate(cert.read_bytes())
         if existing.subject == _name(cn, org):

@@ -4,10 +4,19 @@
 and `dpkg -x` unpacks it into the tool cache, so nothing is installed system-wide and
 a fresh clone reuses it. `serve` starts it on loopback with a scrape config for the
 given targets and waits until it answers /-/ready.
+
+`dev_config` configures the dev cluster's own Prometheus (a component, see
+components.py): it finds its targets the way a user's Prometheus does, through
+kubernetes_sd_configs and the prometheus.io/* annotations, as the client
+`modelsmith:prometheus` with the read access of the prometheus-operator's ClusterRole
+(`rbac_manifests`). Debian builds its package without Kubernetes discovery, so that
+Prometheus is built from source (tools.PROMETHEUS) like the rest of the cluster.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -18,7 +27,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from modelsmith.devcluster import pki
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.tools import cache_root
 
@@ -157,3 +170,186 @@ def _wait_ready(server: Server, proc: subprocess.Popen[bytes], timeout: float, l
             pass
         time.sleep(0.2)
     raise DevClusterError(f"prometheus not ready within {timeout}s: {log.read_text()[-2000:]}")
+
+
+# -- the dev cluster's Prometheus -----------------------------------------------------
+
+DEV_CLIENT = "prometheus"
+"""The name of its client certificate in the cluster's PKI folder."""
+DEV_USER = "modelsmith:prometheus"
+"""Who the API server sees (the certificate's CN); `rbac_manifests` grants it."""
+DEV_INTERVAL = "5s"
+
+
+def cidr_regex(cidr: str) -> str:
+    """A relabel regex matching exactly the IPv4 addresses of ``cidr`` (octet prefixes)."""
+    net = ipaddress.IPv4Network(cidr)
+    if net.prefixlen % 8:
+        raise ValueError(f"{cidr}: only /8, /16, /24 and /32 prefixes have an exact regex")
+    fixed = str(net.network_address).split(".")[: net.prefixlen // 8]
+    return r"\.".join(fixed + [r"\d+"] * (4 - len(fixed)))
+
+
+def _sd(role: str, api_server: str, certs: pki.PKIPaths) -> list[dict[str, Any]]:
+    cert, key = pki.client_paths(certs, DEV_CLIENT)
+    tls = {"ca_file": str(certs.ca_cert), "cert_file": str(cert), "key_file": str(key)}
+    return [{"role": role, "api_server": api_server, "tls_config": tls}]
+
+
+def _reachable_only(pod_cidr: str) -> dict[str, Any]:
+    """Keep targets on the real node's pod network only.
+
+    kwok's pods get made-up addresses in 10.244.0.0/16 that nothing routes to (kwok runs
+    no containers): each would be a target down forever and a connect attempt that waits
+    out its timeout every interval, so drop them before Prometheus ever dials them. The
+    host routes to the real node's pod CIDR (via the node's veth), and only pods there
+    run anything. Matched on __address__ (before the port is rewritten), which every role
+    has, rather than on __meta_kubernetes_pod_ip, which endpoints without a pod (the
+    `kubernetes` Service's) lack.
+    """
+    return {
+        "source_labels": ["__address__"],
+        "regex": cidr_regex(pod_cidr) + r"(:\d+)?",
+        "action": "keep",
+    }
+
+
+def _opted_in(kind: str) -> dict[str, Any]:
+    """prometheus.io/scrape: "true" on the pod or Service, as Prometheus's example
+    Kubernetes config reads it (documentation/examples/prometheus-kubernetes.yml)."""
+    meta = f"__meta_kubernetes_{kind}_annotation_prometheus_io"
+    return {"source_labels": [f"{meta}_scrape"], "action": "keep", "regex": "true"}
+
+
+def _path_and_port(kind: str) -> list[dict[str, Any]]:
+    """prometheus.io/path and prometheus.io/port, as the same example reads them."""
+    meta = f"__meta_kubernetes_{kind}_annotation_prometheus_io"
+    return [
+        {
+            "source_labels": [f"{meta}_path"],
+            "action": "replace",
+            "target_label": "__metrics_path__",
+            "regex": "(.+)",
+        },
+        {
+            "source_labels": ["__address__", f"{meta}_port"],
+            "action": "replace",
+            "regex": r"([^:]+)(?::\d+)?;(\d+)",
+            "replacement": "$1:$2",
+            "target_label": "__address__",
+        },
+    ]
+
+
+def _copy(source: str, target: str) -> dict[str, Any]:
+    return {"source_labels": [source], "action": "replace", "target_label": target}
+
+
+def dev_scrape_config(api_server: str, certs: pki.PKIPaths, pod_cidr: str) -> dict[str, Any]:
+    """The dev Prometheus's configuration: pods and Services by annotation, and the
+    operator's metrics Service as the chart's ServiceMonitor selects it."""
+    pods = {
+        "job_name": "kubernetes-pods",
+        "kubernetes_sd_configs": _sd("pod", api_server, certs),
+        "relabel_configs": [
+            _opted_in("pod"),
+            _reachable_only(pod_cidr),
+            {  # a finished or not yet started pod serves nothing
+                "source_labels": ["__meta_kubernetes_pod_phase"],
+                "regex": "Pending|Succeeded|Failed|Completed",
+                "action": "drop",
+            },
+            *_path_and_port("pod"),
+            {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
+            _copy("__meta_kubernetes_namespace", "namespace"),
+            _copy("__meta_kubernetes_pod_name", "pod"),
+        ],
+    }
+    services = {
+        "job_name": "kubernetes-service-endpoints",
+        "kubernetes_sd_configs": _sd("endpoints", api_server, certs),
+        "relabel_configs": [
+            _opted_in("service"),
+            _reachable_only(pod_cidr),
+            {
+                "source_labels": ["__meta_kubernetes_service_annotation_prometheus_io_scheme"],
+                "action": "replace",
+                "target_label": "__scheme__",
+                "regex": "(https?)",
+            },
+            *_path_and_port("service"),
+            {"action": "labelmap", "regex": "__meta_kubernetes_service_label_(.+)"},
+            _copy("__meta_kubernetes_namespace", "namespace"),
+            _copy("__meta_kubernetes_service_name", "service"),
+            _copy("__meta_kubernetes_pod_name", "pod"),
+        ],
+    }
+    # charts/modelsmith/templates/servicemonitor.yaml, spelled for a plain Prometheus:
+    # the release's Service (app.kubernetes.io/name=modelsmith; the pods the operator
+    # builds are modelsmith-<component>), its `metrics` port, /metrics, honor_labels
+    # (the operator's series carry a `namespace` of their own: the resource's).
+    operator = {
+        "job_name": "modelsmith-operator",
+        "honor_labels": True,
+        "kubernetes_sd_configs": _sd("endpoints", api_server, certs),
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_service_label_app_kubernetes_io_name"],
+                "action": "keep",
+                "regex": "modelsmith",
+            },
+            {
+                "source_labels": ["__meta_kubernetes_endpoint_port_name"],
+                "action": "keep",
+                "regex": "metrics",
+            },
+            _reachable_only(pod_cidr),
+            _copy("__meta_kubernetes_namespace", "namespace"),
+            _copy("__meta_kubernetes_service_name", "service"),
+            _copy("__meta_kubernetes_pod_name", "pod"),
+        ],
+    }
+    return {
+        "global": {
+            "scrape_interval": DEV_INTERVAL,
+            "scrape_timeout": "4s",
+            "evaluation_interval": DEV_INTERVAL,
+        },
+        "scrape_configs": [pods, services, operator],
+    }
+
+
+def dev_config(home: Path, api_server: str, certs: pki.PKIPaths, pod_cidr: str) -> tuple[Path, str]:
+    """The config file and its text, named by content (a change restarts Prometheus)."""
+    text = "# Written by `modelsmith dev up` (modelsmith.devcluster.prometheus.dev_config).\n"
+    text += yaml.safe_dump(dev_scrape_config(api_server, certs, pod_cidr), sort_keys=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return home / f"prometheus-{digest}.yml", text
+
+
+def rbac_manifests() -> list[dict[str, Any]]:
+    """Read access for service discovery, as the prometheus-operator grants Prometheus."""
+    rbac = "rbac.authorization.k8s.io"
+    read = ["get", "list", "watch"]
+    role = {
+        "apiVersion": f"{rbac}/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": DEV_USER},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["nodes", "nodes/metrics", "services", "endpoints", "pods"],
+                "verbs": read,
+            },
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
+            {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
+        ],
+    }
+    binding = {
+        "apiVersion": f"{rbac}/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": DEV_USER},
+        "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": DEV_USER},
+        "subjects": [{"apiGroup": rbac, "kind": "User", "name": DEV_USER}],
+    }
+    return [role, binding]

@@ -32,6 +32,7 @@ KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v4.3.1"
 COREDNS_VERSION = "v1.15.0"
 REGISTRY_VERSION = "v3.1.2"  # github.com/distribution/distribution/v3
+PROMETHEUS_VERSION = "v0.315.1"  # Prometheus 3.15.1: its Go module's v0.3XX.Y is 3.XX.Y
 
 # etcd 3.6.16, kwok 0.8, helm 4.3, coredns 1.15 and distribution 3.1.2 declare go 1.26
 MIN_GO = (1, 26)
@@ -146,8 +147,24 @@ REGISTRY = GoTool(
     ldflags=(f"-X github.com/distribution/distribution/v3/version.version={REGISTRY_VERSION}",),
 )
 
+# The dev cluster's Prometheus. Debian's package (prometheus.binary(), which serves
+# static targets in tests) is built without Kubernetes service discovery; this one has
+# it and, by the plugins' build tags, no other (no AWS, Azure or GCE SDKs linked).
+_PROMETHEUS_VERSION_PKG = "github.com/prometheus/common/version"
+PROMETHEUS = GoTool(
+    name="prometheus",
+    version=PROMETHEUS_VERSION,
+    packages={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+    ldflags=(
+        f"-X {_PROMETHEUS_VERSION_PKG}.Version=3.15.1",
+        f"-X {_PROMETHEUS_VERSION_PKG}.Revision={PROMETHEUS_VERSION}",
+        f"-X {_PROMETHEUS_VERSION_PKG}.BuildDate=19700101-00:00:00",
+    ),
+    tags=("remove_all_sd", "enable_kubernetes_sd"),
+)
+
 # In build order: what the control plane runs today first, the node and add-ons after.
-ALL_TOOLS = (ETCD, KUBERNETES, KWOK, HELM, KUBE_NODE, COREDNS, REGISTRY)
+ALL_TOOLS = (ETCD, KUBERNETES, KWOK, HELM, KUBE_NODE, COREDNS, REGISTRY, PROMETHEUS)
 
 
 def cache_root() -> Path:
