@@ -39,6 +39,8 @@ def test_control_plane_module_pins_kube_proxy_for_the_kubelet() -> None:
         (tools.KUBE_NODE, "k8s.io/kubernetes"),
         (tools.COREDNS, "github.com/coredns/coredns"),
         (tools.REGISTRY, "github.com/distribution/distribution/v3"),
+        (tools.OBJECT_STORE, "github.com/versity/versitygw"),
+        (tools.PROVISIONER, "sigs.k8s.io/sig-storage-lib-external-provisioner/v13"),
     ],
     ids=lambda t: getattr(t, "name", ""),
 )
@@ -47,7 +49,9 @@ def test_new_wrapper_modules_pin_the_declared_versions(tool: tools.GoTool, modul
     assert re.search(rf"^\s*(require )?{re.escape(module)} {tool.version}\b", gomod, re.M)
 
 
-@pytest.mark.parametrize("tool", [tools.COREDNS, tools.REGISTRY], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "tool", [tools.COREDNS, tools.REGISTRY, tools.PROVISIONER], ids=lambda t: t.name
+)
 def test_custom_mains_build_the_wrapper_module_itself(tool: tools.GoTool) -> None:
     """The main package is the module's root, so `go build -o dir/` names it after it."""
     files = tool.recipe_files()

@@ -33,6 +33,8 @@ HELM_VERSION = "v4.3.1"
 COREDNS_VERSION = "v1.15.0"
 REGISTRY_VERSION = "v3.1.2"  # github.com/distribution/distribution/v3
 PROMETHEUS_VERSION = "v0.315.1"  # Prometheus 3.15.1: its Go module's v0.3XX.Y is 3.XX.Y
+PROVISIONER_VERSION = "v13.1.0"  # sigs.k8s.io/sig-storage-lib-external-provisioner/v13
+VERSITYGW_VERSION = "v1.8.0"  # github.com/versity/versitygw: the only version the proxy serves
 
 # etcd 3.6.16, kwok 0.8, helm 4.3, coredns 1.15 and distribution 3.1.2 declare go 1.26
 MIN_GO = (1, 26)
@@ -163,8 +165,44 @@ PROMETHEUS = GoTool(
     tags=("remove_all_sd", "enable_kubernetes_sd"),
 )
 
+# The node's dynamic PVC provisioner: a main of our own (gomod/provisioner/main.go) on
+# sig-storage-lib-external-provisioner that makes a directory per claim under --root
+# and returns a hostPath PV pinned to the claim's selected node.
+PROVISIONER = GoTool(
+    name="provisioner",
+    version=PROVISIONER_VERSION,
+    packages={"provisioner": "modelsmith.dev/devcluster/provisioner"},
+)
+
+# The dev cluster's S3-compatible object store: versitygw's posix backend keeps each
+# bucket as a top-level directory and each object as a plain file under it. Pure Go and
+# Apache-2.0; MinIO is AGPL-3.0 and has no semver versions on the proxy (see
+# storage-research, section 4). Its go.mod has no replace lines, so cmd/versitygw builds
+# as a dependency (a `tool` line in the wrapper's go.mod, no main.go of our own).
+OBJECT_STORE = GoTool(
+    name="versitygw",
+    version=VERSITYGW_VERSION,
+    packages={"versitygw": "github.com/versity/versitygw/cmd/versitygw"},
+    ldflags=(
+        f"-X main.Version={VERSITYGW_VERSION}",
+        f"-X main.Build={VERSITYGW_VERSION}",
+        "-X main.BuildTime=1970-01-01T00:00:00Z",
+    ),
+)
+
 # In build order: what the control plane runs today first, the node and add-ons after.
-ALL_TOOLS = (ETCD, KUBERNETES, KWOK, HELM, KUBE_NODE, COREDNS, REGISTRY, PROMETHEUS)
+ALL_TOOLS = (
+    ETCD,
+    KUBERNETES,
+    KWOK,
+    HELM,
+    KUBE_NODE,
+    COREDNS,
+    REGISTRY,
+    PROMETHEUS,
+    PROVISIONER,
+    OBJECT_STORE,
+)
 
 
 def cache_root() -> Path:
