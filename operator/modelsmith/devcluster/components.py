@@ -28,12 +28,22 @@ class Ports:
     scheduler: int
     kwok: int
     registry: int
+    provisioner: int
+    """The PVC provisioner's health endpoint (it serves nothing else)."""
     prometheus: int
 
     @classmethod
     def from_base(cls, base: int) -> Ports:
         return cls(
-            base, base + 1, base + 3, base + 4, base + 5, base + 6, base + 7, prometheus=base + 9
+            base,
+            base + 1,
+            base + 3,
+            base + 4,
+            base + 5,
+            base + 6,
+            base + 7,
+            provisioner=base + 8,
+            prometheus=base + 9,
         )
 
     def by_component(self) -> dict[str, int]:
@@ -45,6 +55,7 @@ class Ports:
             "kube-scheduler": self.scheduler,
             "kwok": self.kwok,
             "registry": self.registry,
+            "provisioner": self.provisioner,
             "prometheus": self.prometheus,
         }
 
