@@ -30,7 +30,7 @@ def _dev_command(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from modelsmith.devcluster import tools
+    from modelsmith.devcluster import images, nodestorage, tools
     from modelsmith.devcluster.cluster import DevCluster
     from modelsmith.devcluster.nodeconfig import NODE_NAME
 
@@ -56,6 +56,12 @@ def _dev(args: argparse.Namespace) -> int:
         return 1
     print(f"dev cluster: {'running' if status.running else 'DEGRADED'} at {status.server}")
     print(f"prometheus: {cluster.prometheus_url} (scrapes annotated pods on the real node)")
+    if cluster.node.running():
+        print(
+            f"object store: {nodestorage.host_endpoint()} (pods: {nodestorage.pod_endpoint()}; "
+            f"keys: {nodestorage.credentials_path(cluster.home)}); "
+            f"claims: StorageClass {nodestorage.STORAGE_CLASS} (default)"
+        )
     print(f"{'COMPONENT':<26}{'PID':>8}  {'PORT':>6}  STATE")
     for c in status.components:
         state = "healthy" if c.healthy else ("unhealthy" if c.running else "exited")
@@ -63,6 +69,12 @@ def _dev(args: argparse.Namespace) -> int:
     for proc, alive in cluster.node.running():
         state = "running" if alive else "exited"
         print(f"{'node/' + proc.name:<26}{proc.pid:>8}  {'-':>6}  {state}")
+    usage = cluster.disk_usage()
+    print(
+        "images on disk: "
+        + ", ".join(f"{where} {images.human_size(size)}" for where, size in usage.items())
+        + f" (total {images.human_size(sum(usage.values()))})"
+    )
     if status.running:
         print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product").rstrip())
         pods = cluster.kubectl(

@@ -11,12 +11,15 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from modelsmith.devcluster import images
+from modelsmith import crdgen
+from modelsmith.api import KINDS
+from modelsmith.devcluster import images, nodestorage
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.nodeconfig import LABEL, NODE_NAME, REGISTRY_IN_NODE, TAINT_KEY
 from tests.integration.conftest import (  # noqa: F401 (fixtures shared with integration)
@@ -26,6 +29,8 @@ from tests.integration.conftest import (  # noqa: F401 (fixtures shared with int
     kubeconfig,
     namespace,
 )
+from tests.integration.test_chart import CHART, helm
+from tests.workloads.s3 import S3
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +130,48 @@ def wait_phase(
 @pytest.fixture
 def unique() -> Iterator[str]:
     yield f"p-{uuid.uuid4().hex[:6]}"
+
+
+@contextmanager
+def chart_on_real_node(dev_cluster: DevCluster, operator_image: str, release: str) -> Iterator[str]:  # noqa: F811
+    """`helm install` of the chart into a namespace of its own, the operator pod placed
+    on the real node, watching only that namespace (so it never competes with the other
+    tests' operators); yields the namespace, uninstalls afterwards."""
+    ns = f"{release}-{uuid.uuid4().hex[:6]}"
+    dev_cluster.kubectl("create", "namespace", ns)
+    repository, tag = operator_image.rsplit(":", 1)
+    escaped = LABEL.replace(".", "\\.")  # helm --set splits keys on dots
+    helm(
+        dev_cluster,
+        *("install", release, str(CHART), "--namespace", ns),
+        *("--set", f"image.repository={repository}", "--set", f"image.tag={tag}"),
+        *("--set", f"watchNamespaces={{{ns}}}"),
+        *("--set-string", f"nodeSelector.{escaped}=true"),
+        *("--set", f"tolerations[0].key={TAINT_KEY}", "--set", "tolerations[0].operator=Exists"),
+        *("--set", "storage.allowNodePaths=true"),  # other tests of the session name paths
+        *("--take-ownership", "--force-conflicts", "--wait", "--timeout", "240s"),
+    )
+    try:
+        yield ns
+    finally:
+        helm(dev_cluster, "uninstall", release, "--namespace", ns, "--wait", check=False)
+        for info in KINDS:  # later tests expect the CRDs exactly as the models generate them
+            dev_cluster.kubectl(
+                "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crdgen.render(info)
+            )
+        dev_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+@pytest.fixture
+def dev_s3(dev_cluster: DevCluster, real_node: str, namespace: str) -> S3:  # noqa: F811
+    """A fresh bucket in the dev cluster's object store, and a Secret `s3` in the test's
+    namespace with the AWS variables a pod needs to reach it by the Service's name."""
+    env = nodestorage.s3_env(dev_cluster.home, nodestorage.host_endpoint())
+    s3 = S3(nodestorage.host_endpoint(), f"e2e-{uuid.uuid4().hex[:8]}", env)
+    s3.client().create_bucket(Bucket=s3.bucket)
+    pod_env = nodestorage.s3_env(dev_cluster.home, nodestorage.pod_endpoint())
+    client.CoreV1Api().create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "s3"}, "type": "Opaque", "stringData": pod_env},
+    )
+    return s3

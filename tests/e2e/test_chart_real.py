@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import json
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from modelsmith import crdgen
-from modelsmith.api import KINDS
 from modelsmith.devcluster.cluster import DevCluster
-from modelsmith.devcluster.nodeconfig import LABEL, NODE_NAME, TAINT_KEY
+from modelsmith.devcluster.nodeconfig import LABEL, NODE_NAME
+from tests.e2e.conftest import chart_on_real_node
 from tests.helpers import wait_for
-from tests.integration.test_chart import CHART, helm
+from tests.integration.test_chart import helm
 
 pytestmark = pytest.mark.integration
 
@@ -33,26 +31,8 @@ ESCAPED_LABEL = LABEL.replace(".", "\\.")  # helm --set splits keys on dots
 
 @pytest.fixture
 def release(dev_cluster: DevCluster, crds: list[str], pushed: dict[str, str]) -> Iterator[str]:
-    ns = f"real-{uuid.uuid4().hex[:6]}"
-    dev_cluster.kubectl("create", "namespace", ns)
-    repository, tag = pushed["operator"].rsplit(":", 1)
-    helm(
-        dev_cluster,
-        *("install", "real", str(CHART), "--namespace", ns),
-        *("--set", f"image.repository={repository}", "--set", f"image.tag={tag}"),
-        *("--set", f"watchNamespaces={{{ns}}}"),
-        *("--set-string", f"nodeSelector.{ESCAPED_LABEL}=true"),
-        *("--set", f"tolerations[0].key={TAINT_KEY}", "--set", "tolerations[0].operator=Exists"),
-        *("--set", "storage.allowNodePaths=true"),  # other tests of the session name paths
-        *("--take-ownership", "--force-conflicts", "--wait", "--timeout", "240s"),
-    )
-    yield ns
-    helm(dev_cluster, "uninstall", "real", "--namespace", ns, "--wait", check=False)
-    for info in KINDS:  # later tests expect the CRDs exactly as the models generate them
-        dev_cluster.kubectl(
-            "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crdgen.render(info)
-        )
-    dev_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+    with chart_on_real_node(dev_cluster, pushed["operator"], "real") as ns:
+        yield ns
 
 
 def _operator_pod(ns: str) -> client.V1Pod:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,12 +13,9 @@ import httpx
 import pytest
 from kubernetes import client
 
-from modelsmith import crdgen
-from modelsmith.api import KINDS
 from modelsmith.devcluster.cluster import DevCluster
-from modelsmith.devcluster.nodeconfig import KWOK_POD_CIDR, LABEL, TAINT_KEY
-from tests.e2e.conftest import pod_on_node, wait_phase
-from tests.integration.test_chart import CHART, helm
+from modelsmith.devcluster.nodeconfig import KWOK_POD_CIDR
+from tests.e2e.conftest import chart_on_real_node, pod_on_node, wait_phase
 
 pytestmark = pytest.mark.integration
 
@@ -137,26 +133,8 @@ def operator_release(
     dev_cluster: DevCluster, crds: list[str], pushed: dict[str, str]
 ) -> Iterator[str]:
     """The chart's operator as a pod on the real node, watching only its own namespace."""
-    ns = f"prom-{uuid.uuid4().hex[:6]}"
-    dev_cluster.kubectl("create", "namespace", ns)
-    repository, tag = pushed["operator"].rsplit(":", 1)
-    escaped = LABEL.replace(".", "\\.")  # helm --set splits keys on dots
-    helm(
-        dev_cluster,
-        *("install", "prom", str(CHART), "--namespace", ns),
-        *("--set", f"image.repository={repository}", "--set", f"image.tag={tag}"),
-        *("--set", f"watchNamespaces={{{ns}}}", "--set", "storage.allowNodePaths=true"),
-        *("--set-string", f"nodeSelector.{escaped}=true"),
-        *("--set", f"tolerations[0].key={TAINT_KEY}", "--set", "tolerations[0].operator=Exists"),
-        *("--take-ownership", "--force-conflicts", "--wait", "--timeout", "240s"),
-    )
-    yield ns
-    helm(dev_cluster, "uninstall", "prom", "--namespace", ns, "--wait", check=False)
-    for info in KINDS:  # later tests expect the CRDs exactly as the models generate them
-        dev_cluster.kubectl(
-            "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crdgen.render(info)
-        )
-    dev_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+    with chart_on_real_node(dev_cluster, pushed["operator"], "prom") as ns:
+        yield ns
 
 
 def test_the_operator_installed_by_the_chart_is_scraped_as_its_service_monitor_says(

@@ -10,10 +10,12 @@ import pytest
 from kubernetes import client
 
 from modelsmith.devcluster.cluster import DevCluster
-from modelsmith.devcluster.processes import is_alive
+from modelsmith.devcluster.processes import du_bytes, is_alive
 from tests.e2e.conftest import pod_on_node, wait_phase
 
 pytestmark = pytest.mark.integration
+
+TORCH_IMAGES = ("trainer", "quantizer", "server")
 
 
 @pytest.mark.parametrize(
@@ -21,13 +23,8 @@ pytestmark = pytest.mark.integration
     [
         ("operator", ["--help"], "usage: modelsmith"),
         ("data", ["--help"], "usage: modelsmith-runtime"),
-        # The torch images (~7 GB each, one shared 5.6 GB torch layer) add ~20 min to a
-        # cold CI run: opt in until that fits CI's budget (MODELSMITH_E2E_TORCH_IMAGES=1).
-        *[
-            (name, ["--help"], "usage: modelsmith-runtime")
-            for name in ("trainer", "quantizer", "server")
-            if os.environ.get("MODELSMITH_E2E_TORCH_IMAGES") == "1"
-        ],
+        # The torch images: ~7 GB each, sharing one 5.6 GB torch layer.
+        *[(name, ["--help"], "usage: modelsmith-runtime") for name in TORCH_IMAGES],
     ],
 )
 def test_image_starts_non_root_on_a_read_only_root(  # noqa: PLR0917 (fixtures)
@@ -39,16 +36,50 @@ def test_image_starts_non_root_on_a_read_only_root(  # noqa: PLR0917 (fixtures)
     args: list[str],
     expect: str,
 ) -> None:
-    name = f"help-{image}"
-    core.create_namespaced_pod(namespace, pod_on_node(name, pushed[image], args))
-    # A torch image's first pull moves ~3 GB through the registry and unpacks ~6 GB.
-    pod = wait_phase(core, namespace, name, {"Succeeded", "Failed"}, timeout=900)
-    logs = dev_cluster.kubectl("logs", "-n", namespace, name)
+    pod, logs = _run_on_node(core, dev_cluster, namespace, pushed[image], args)
     assert pod.status.phase == "Succeeded", logs
     assert expect in logs
     state = pod.status.container_statuses[0].state.terminated
     assert state.exit_code == 0
     assert pod.spec.node_name == "modelsmith-node"
+
+
+def _run_on_node(
+    core: client.CoreV1Api, dev_cluster: DevCluster, namespace: str, image: str, args: list[str]
+) -> tuple[client.V1Pod, str]:
+    name = f"run-{image.rsplit('/', 1)[1].split(':', maxsplit=1)[0]}"
+    core.create_namespaced_pod(namespace, pod_on_node(name, image, args))
+    # A torch image's first pull moves ~3 GB through the registry and unpacks ~6 GB.
+    pod = wait_phase(core, namespace, name, {"Succeeded", "Failed"}, timeout=900)
+    return pod, dev_cluster.kubectl("logs", "-n", namespace, name)
+
+
+DISK_CEILING = 25e9
+"""The issue aimed at ~20 GB for the images' three copies (build store, registry,
+node). Measured on 2026-12-02: 24.0 GB (build store 10.1, registry 3.9, node 10.0),
+because the torch images alone are 10 GB unpacked. This ceiling catches a copy that
+stops being shared; it does not claim the target is met."""
+
+
+def test_all_images_fit_the_disk_budget(
+    core: client.CoreV1Api, dev_cluster: DevCluster, namespace: str, pushed: dict[str, str]
+) -> None:
+    """Measured once every image has run on the node: each is then in the build store,
+    the registry and the node's containerd."""
+    for name in ("operator", "data", *TORCH_IMAGES):  # a no-op after the test above
+        pod, logs = _run_on_node(core, dev_cluster, namespace, pushed[name], ["--help"])
+        assert pod.status.phase == "Succeeded", logs
+    usage = dev_cluster.disk_usage()
+    total = sum(usage.values())
+    report = ", ".join(f"{where} {size / 1e9:.1f} GB" for where, size in usage.items())
+    print(f"images on disk: {report}, total {total / 1e9:.1f} GB")
+    assert all(usage.values()), report
+    # One 5.6 GB torch layer for three images: stored once, compressed, in the registry.
+    assert usage["registry"] < 5e9, report
+    # containerd drops a layer's compressed blob once it is unpacked.
+    content = dev_cluster.node.paths.containerd_root / "io.containerd.content.v1.content"
+    assert du_bytes(content) < 100e6, du_bytes(content)
+    assert total < DISK_CEILING, report
 
 
 def test_identity_and_root_filesystem_are_enforced(

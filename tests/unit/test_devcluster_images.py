@@ -147,6 +147,7 @@ def test_push_argv_speaks_plain_http_to_the_dev_registry() -> None:
         "buildah",
         "push",
         "--tls-verify=false",
+        "--compression-format=zstd",
         "localhost/modelsmith/data:0123456789abcdef",
         "docker://127.0.0.1:5000/modelsmith/data:0123456789abcdef",
     ]

@@ -8,7 +8,6 @@ and kube-scheduler. kwok stands in for the kubelets. Nothing listens beyond 127.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 
-from modelsmith.devcluster import pki, prometheus, tools
+from modelsmith.devcluster import images, nodestorage, pki, prometheus, tools
 from modelsmith.devcluster.components import (
     Component,
     Ports,
@@ -39,11 +38,12 @@ from modelsmith.devcluster.nodes import DEFAULT_NODES, node_manifest
 from modelsmith.devcluster.processes import (
     Running,
     StateFile,
+    du_bytes,
     is_alive,
     port_in_use,
     start,
     stop,
-    tail,
+    wait_until,
 )
 from modelsmith.devcluster.realnode import NodeUnavailableError, RealNode
 
@@ -311,35 +311,15 @@ class DevCluster:
         prometheus_file.write_text(prometheus_text)
 
     def _write_kubeconfig(self, paths: pki.PKIPaths) -> None:
-        def b64(path: Path) -> str:
-            return base64.b64encode(path.read_bytes()).decode()
-
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": CLUSTER_NAME,
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority-data": b64(paths.ca_cert),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": pki.ADMIN_USER,
-                    "user": {
-                        "client-certificate-data": b64(paths.admin_cert),
-                        "client-key-data": b64(paths.admin_key),
-                    },
-                }
-            ],
-            "contexts": [
-                {"name": CLUSTER_NAME, "context": {"cluster": CLUSTER_NAME, "user": pki.ADMIN_USER}}
-            ],
-            "current-context": CLUSTER_NAME,
-        }
+        config = pki.kubeconfig(
+            CLUSTER_NAME,
+            self.server,
+            paths.ca_cert,
+            user=pki.ADMIN_USER,
+            cert=paths.admin_cert,
+            key=paths.admin_key,
+            embed=True,
+        )
         tmp = self.kubeconfig.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(config))
         tmp.chmod(0o600)
@@ -368,23 +348,7 @@ class DevCluster:
         self._wait_until(lambda: self._healthy(component), f"{proc.name} to become healthy", proc)
 
     def _wait_until(self, check: Callable[[], bool], what: str, proc: Running) -> None:
-        """Poll ``check``; fail fast if ``proc`` dies, fail clearly on the deadline."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if check():
-                return
-            if not is_alive(proc):
-                raise DevClusterError(
-                    f"{proc.name} exited while waiting for {what}; last lines of "
-                    f"{proc.log}:\n{tail(proc.log)}"
-                )
-            if time.monotonic() > deadline:
-                raise DevClusterError(
-                    f"timed out after {self.timeout:.0f}s waiting for {what} "
-                    f"(raise MODELSMITH_DEV_TIMEOUT to wait longer); last lines of "
-                    f"{proc.log}:\n{tail(proc.log)}"
-                )
-            time.sleep(0.25)
+        wait_until(check, what, proc, self.timeout)
 
     def _register_nodes(self) -> None:
         self._apply([node_manifest(shape) for shape in DEFAULT_NODES])
@@ -465,11 +429,27 @@ class DevCluster:
         if not stopped:
             log("dev cluster was not running")
         if purge:
-            for sub in ("etcd", "pki", "logs", "registry", "prometheus"):
+            for sub in ("etcd", "pki", "logs", "registry", "prometheus", "volumes", "objects"):
                 shutil.rmtree(self.home / sub, ignore_errors=True)
             self.kubeconfig.unlink(missing_ok=True)
+            nodestorage.credentials_path(self.home).unlink(missing_ok=True)
             log(f"dev cluster state removed from {self.home}")
         return stopped
 
     def env(self) -> str:
-        return f'export KUBECONFIG={self.kubeconfig}\nexport PATH="{self.bin_dir}:$PATH"\n'
+        """Shell exports for the cluster's clients; an operator run in that shell reads
+        its canary metrics from the dev Prometheus."""
+        return (
+            f"export KUBECONFIG={self.kubeconfig}\n"
+            f'export PATH="{self.bin_dir}:$PATH"\n'
+            f"export MODELSMITH_PROMETHEUS_URL={self.prometheus_url}\n"
+        )
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes the images take in each of their three copies: buildah's build store (a
+        cache, kept by `down --purge`), the dev registry and the node's containerd."""
+        return {
+            "build store": images.store_bytes(),
+            "registry": du_bytes(self.home / "registry"),
+            "node": du_bytes(self.node.paths.containerd_root),
+        }

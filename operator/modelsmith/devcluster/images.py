@@ -43,6 +43,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from modelsmith.devcluster.errors import DevClusterError
+from modelsmith.devcluster.processes import du_bytes
 from modelsmith.devcluster.tools import cache_root
 
 PREFIX = "localhost/modelsmith"
@@ -366,6 +367,17 @@ def image_info(reference: str) -> tuple[str, int]:
     return str(data.get("FromImageID", "")), size
 
 
+def store_bytes() -> int:
+    """What buildah's storage (every image and build layer) takes on disk; 0 without it."""
+    if shutil.which("buildah") is None:
+        return 0
+    proc = subprocess.run(["buildah", "info"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return 0
+    store = json.loads(proc.stdout).get("store", {})
+    return du_bytes(Path(store.get("GraphRoot", "/var/lib/containers/storage")))
+
+
 def human_size(size: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1000 or unit == "GB":
@@ -444,9 +456,18 @@ def push_reference(ref: ImageRef, registry: str) -> str:
 
 
 def push_argv(ref: ImageRef, registry: str) -> list[str]:
-    # The dev registry is a local one on 127.0.0.1 speaking plain HTTP.
+    # The dev registry is a local one on 127.0.0.1 speaking plain HTTP. zstd, not gzip:
+    # a torch image's 5.6 GB layer compresses in seconds instead of minutes, and
+    # containerd (>= 1.5) unpacks it faster too.
     dest = f"docker://{push_reference(ref, registry)}"
-    return ["buildah", "push", "--tls-verify=false", ref.reference, dest]
+    return [
+        "buildah",
+        "push",
+        "--tls-verify=false",
+        "--compression-format=zstd",
+        ref.reference,
+        dest,
+    ]
 
 
 def push(ref: ImageRef, registry: str, log: Log = print) -> str:

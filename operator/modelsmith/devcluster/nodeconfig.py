@@ -115,6 +115,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [{cri}.containerd]
   snapshotter = "overlayfs"
   default_runtime_name = "runc"
+  # An unpacked layer's compressed blob is of no further use here (the registry keeps
+  # it): dropping it saves ~3 GB per torch image on a disk that holds them three times.
+  discard_unpacked_layers = true
 
 [{cri}.containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"

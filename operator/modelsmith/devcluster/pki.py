@@ -8,10 +8,12 @@ behave as on any cluster.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -220,3 +222,28 @@ def client_pair(paths: PKIPaths, name: str, cn: str, org: str | None = None) -> 
     _write_key(key, client_key)
     cert.write_bytes(issued.public_bytes(serialization.Encoding.PEM))
     return cert, key
+
+
+def kubeconfig(
+    cluster: str, server: str, ca: Path, *, user: str, cert: Path, key: Path, embed: bool
+) -> dict[str, Any]:
+    """A one-context kubeconfig. ``embed`` puts the certificates in it (a file users copy
+    around); otherwise it names their paths (the node's components, which renew nothing)."""
+
+    def ref(field: str, path: Path) -> dict[str, str]:
+        if embed:
+            return {f"{field}-data": base64.b64encode(path.read_bytes()).decode()}
+        return {field: str(path)}
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": cluster, "cluster": {"server": server, **ref("certificate-authority", ca)}}
+        ],
+        "users": [
+            {"name": user, "user": {**ref("client-certificate", cert), **ref("client-key", key)}}
+        ],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
+        "current-context": cluster,
+    }

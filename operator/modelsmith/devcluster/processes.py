@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,18 @@ class Running:
     log: str
     exe: str = ""
     """The binary that ends up running, when argv[0] only execs it (nsenter)."""
+
+
+@dataclass(frozen=True)
+class NodeProcess:
+    """One process of the real node's stack, before it runs."""
+
+    name: str
+    argv: list[str]
+    exe: str
+    ready: Callable[[], bool]
+    env: dict[str, str] | None = None
+    """Added to the environment (secrets stay out of argv, which `ps` and state show)."""
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -55,11 +68,20 @@ def is_alive(proc: Running) -> bool:
     return exe.removesuffix(" (deleted)") == os.path.realpath(proc.exe or proc.argv[0])
 
 
-def start(name: str, argv: list[str], port: int, log: Path, exe: str = "") -> Running:
+def start(
+    name: str,
+    argv: list[str],
+    port: int,
+    log: Path,
+    *,
+    exe: str = "",
+    env: dict[str, str] | None = None,
+) -> Running:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
             argv,
+            env={**os.environ, **env} if env else None,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -129,3 +151,38 @@ class StateFile:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def du_bytes(root: Path) -> int:
+    """Disk blocks under ``root`` (like `du -s`, counting hard links once), in bytes."""
+    if not root.exists():
+        return 0
+    done = subprocess.run(
+        ["du", "-sx", "--block-size=1", str(root)], capture_output=True, text=True, check=False
+    )
+    fields = done.stdout.split()
+    return int(fields[0]) if fields else 0
+
+
+def wait_until(
+    check: Callable[[], bool],
+    what: str,
+    proc: Running,
+    timeout: float,
+    error: type[DevClusterError] = DevClusterError,
+) -> None:
+    """Poll ``check``; fail fast with ``proc``'s log when it dies, clearly on the deadline."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if not is_alive(proc):
+            raise error(
+                f"{proc.name} exited while waiting for {what}; last lines of "
+                f"{proc.log}:\n{tail(proc.log)}"
+            )
+        if time.monotonic() > deadline:
+            raise error(
+                f"timed out after {timeout:.0f}s waiting for {what} (raise "
+                f"MODELSMITH_DEV_TIMEOUT to wait longer); last lines of "
+                f"{proc.log}:\n{tail(proc.log)}"
+            )
+        time.sleep(0.25)

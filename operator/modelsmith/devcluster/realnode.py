@@ -23,10 +23,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from modelsmith.devcluster import nodenet, pauseimage, pki, tools
+from modelsmith.devcluster import nodenet, nodestorage, pauseimage, pki, tools
 from modelsmith.devcluster.components import NODE_IP, Ports
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.nodeconfig import (
@@ -42,7 +41,15 @@ from modelsmith.devcluster.nodeconfig import (
     kubelet_yaml,
     registry_hosts_toml,
 )
-from modelsmith.devcluster.processes import Running, StateFile, is_alive, start, stop, tail
+from modelsmith.devcluster.processes import (
+    NodeProcess,
+    Running,
+    StateFile,
+    is_alive,
+    start,
+    stop,
+    wait_until,
+)
 
 RUN_DIR = Path("/run/modelsmith-node")
 MACHINE_PATHS = (
@@ -82,14 +89,6 @@ class NodeUnavailableError(DevClusterError):
     """The machine cannot run the real node; the control plane and kwok still work."""
 
 
-@dataclass(frozen=True)
-class NodeProcess:
-    name: str
-    argv: list[str]
-    exe: str
-    ready: Callable[[], bool]
-
-
 def preflight() -> list[str]:
     """Why this machine cannot run the node, one reason per line (empty: it can)."""
     problems = []
@@ -118,35 +117,23 @@ def preflight() -> list[str]:
 
 class RealNode:
     def __init__(self, cluster_home: Path, ports: Ports, certs: pki.PKIPaths) -> None:
+        self.cluster_home = cluster_home
         self.paths = NodePaths(cluster_home / "node", RUN_DIR)
         self.ports = ports
         self.certs = certs
         self.state = StateFile(self.paths.home / "state.json")
         self.created = self.paths.home / "created-paths.json"
         self.saved_sysctls = self.paths.home / "sysctls-before.json"
+        self._addons_applied = False
 
     # -- what runs ----------------------------------------------------------------------
 
     def _kubeconfig(self, user: str, cert: Path, key: Path) -> Path:
         path = self.paths.config / f"{user}.kubeconfig"
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "dev",
-                    "cluster": {
-                        "server": f"https://127.0.0.1:{self.ports.apiserver}",
-                        "certificate-authority": str(self.certs.ca_cert),
-                    },
-                }
-            ],
-            "users": [
-                {"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}
-            ],
-            "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": user}}],
-            "current-context": "dev",
-        }
+        server = f"https://127.0.0.1:{self.ports.apiserver}"
+        config = pki.kubeconfig(
+            "dev", server, self.certs.ca_cert, user=user, cert=cert, key=key, embed=False
+        )
         _write_if_changed(path, json.dumps(config, indent=2), mode=0o600)
         return path
 
@@ -183,6 +170,10 @@ class RealNode:
         _write_if_changed(p.cni_conf / "10-modelsmith.conflist", cni_conflist(p))
         _write_if_changed(p.hosts_dir / REGISTRY_IN_NODE / "hosts.toml", registry_hosts_toml())
         files["kubelet-kubeconfig"] = kubelet_kc
+        files["provisioner-kubeconfig"] = self._kubeconfig(
+            "provisioner",
+            *pki.client_pair(self.certs, "provisioner", nodestorage.PROVISIONER_USER),
+        )
         return files
 
     def processes(self, files: dict[str, Path]) -> list[NodeProcess]:
@@ -271,6 +262,7 @@ class RealNode:
                 coredns,
                 lambda: self._node_http_ok("http://127.0.0.1:10255/ready"),
             ),
+            *nodestorage.processes(self.cluster_home, self.ports, files["provisioner-kubeconfig"]),
         ]
 
     # -- probes inside the namespace -----------------------------------------------------
@@ -317,7 +309,7 @@ class RealNode:
         problems = preflight()
         if problems:
             raise NodeUnavailableError("; ".join(problems))
-        for tool in (tools.KUBE_NODE, tools.COREDNS):
+        for tool in (tools.KUBE_NODE, tools.COREDNS, tools.PROVISIONER, tools.OBJECT_STORE):
             tools.build(tool)
         self._remember_machine_paths()
         files = self._write_configs()
@@ -327,6 +319,8 @@ class RealNode:
         running: list[Running] = []
         any_started = False
         for proc in self.processes(files):
+            if proc.name in ("coredns", "objectstore", "provisioner"):
+                self._apply_addons(kubectl)  # what they need from the API, before they start
             old = recorded.get(proc.name)
             if old is not None and is_alive(old) and old.argv == proc.argv:
                 running.append(old)
@@ -335,9 +329,8 @@ class RealNode:
                 log(f"restarting {proc.name}: this checkout runs it with other flags")
                 stop(old)
             log(f"starting {proc.name} (real node)")
-            started = start(
-                proc.name, proc.argv, 0, self.paths.home / "logs" / f"{proc.name}.log", exe=proc.exe
-            )
+            log_path = self.paths.home / "logs" / f"{proc.name}.log"
+            started = start(proc.name, proc.argv, 0, log_path, exe=proc.exe, env=proc.env)
             running.append(started)
             any_started = True
             self.state.save(running)
@@ -345,36 +338,23 @@ class RealNode:
                 changed = nodenet.guard_sysctls(sysctls, seconds=3.0)
                 if changed:
                     log(f"restored kernel settings the kubelet changed: {', '.join(changed)}")
-            self._wait(proc.ready, f"{proc.name} to become ready", started, timeout)
+            wait_until(
+                proc.ready, f"{proc.name} to become ready", started, timeout, NodeUnavailableError
+            )
             if proc.name == "containerd":
                 self._load_pause_image()
             if proc.name == "kubelet":
-                self._wait(
+                wait_until(
                     lambda: self._node_ready(kubectl),
                     "the real node to become Ready",
                     started,
                     timeout,
+                    NodeUnavailableError,
                 )
                 nodenet.restore_sysctls(sysctls)
-            if proc.name == "kube-proxy":
-                self._grant_coredns(kubectl)
+
         self.state.save(running)
         return any_started
-
-    def _wait(self, check: Callable[[], bool], what: str, proc: Running, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if not is_alive(proc):
-                raise NodeUnavailableError(
-                    f"{proc.name} exited while waiting for {what}; last lines of "
-                    f"{proc.log}:\n{tail(proc.log)}"
-                )
-            if time.monotonic() > deadline:
-                raise NodeUnavailableError(
-                    f"timed out after {timeout:.0f}s waiting for {what}; last lines of "
-                    f"{proc.log}:\n{tail(proc.log)}"
-                )
-            time.sleep(0.25)
 
     def _load_pause_image(self) -> None:
         if PAUSE_IMAGE in self._ctr("images", "ls", "-q").stdout.split():
@@ -395,8 +375,11 @@ class RealNode:
         conditions = json.loads(out).get("status", {}).get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    def _grant_coredns(self, kubectl: Callable[..., str]) -> None:
-        """CoreDNS's read access, as kubeadm's system:coredns ClusterRole grants it."""
+    def _apply_addons(self, kubectl: Callable[..., str]) -> None:
+        """CoreDNS's read access (as kubeadm's system:coredns ClusterRole grants it), the
+        default StorageClass, the provisioner's RBAC and the object store's Service."""
+        if self._addons_applied:
+            return
         role = {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -427,8 +410,10 @@ class RealNode:
                 {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}
             ],
         }
-        doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": [role, binding]})
+        items = [role, binding, *nodestorage.manifests()]
+        doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
         kubectl("apply", "--server-side", "--field-manager=modelsmith-dev", "-f", "-", stdin=doc)
+        self._addons_applied = True
 
     def _remember_machine_paths(self) -> None:
         """Which of the kubelet's fixed machine paths existed before the node first ran."""
@@ -453,7 +438,7 @@ class RealNode:
         """Stop the node and remove what only lives while it runs; check nothing is left."""
         procs = {r.name: r for r in self.state.load()}
         stopped: list[str] = []
-        for name in ("coredns", "kube-proxy", "kubelet"):
+        for name in ("provisioner", "objectstore", "coredns", "kube-proxy", "kubelet"):
             if name in procs and is_alive(procs[name]):
                 log(f"stopping {name} (pid {procs[name].pid})")
                 stop(procs[name])
