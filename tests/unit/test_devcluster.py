@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,20 @@ def test_kwok_stages_are_separate_documents_with_unique_names() -> None:
     for doc in docs:
         assert doc["kind"] == "Stage"
         assert set(doc["spec"]) >= {"resourceRef", "selector", "next"}, doc["metadata"]["name"]
+
+
+def test_a_process_still_in_its_launcher_counts_as_alive(tmp_path: Path) -> None:
+    """nsenter runs for a moment before it execs the node's binary: not dead yet."""
+    from modelsmith.devcluster.processes import is_alive, start, stop
+
+    proc = start("launched", ["sleep", "30"], 0, tmp_path / "log", exe="/usr/bin/true")
+    try:
+        assert is_alive(proc)
+    finally:
+        stop(proc)
+    assert not is_alive(proc)
+    stranger = start("other", ["sleep", "30"], 0, tmp_path / "log2")
+    try:
+        assert not is_alive(replace(stranger, argv=["/usr/bin/true"]))
+    finally:
+        stop(stranger)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,7 +66,13 @@ def is_alive(proc: Running) -> bool:
         exe = str(Path(f"/proc/{proc.pid}/exe").readlink())
     except OSError:
         return False  # gone, a zombie (no exe), or not ours to inspect
-    return exe.removesuffix(" (deleted)") == os.path.realpath(proc.exe or proc.argv[0])
+    exe = exe.removesuffix(" (deleted)")
+    if exe == os.path.realpath(proc.exe or proc.argv[0]):
+        return True
+    # A process started through a launcher (nsenter) runs the launcher until it execs:
+    # seen in that moment, a starting kube-proxy was reported dead.
+    launcher = shutil.which(proc.argv[0]) if proc.exe else None
+    return launcher is not None and exe == os.path.realpath(launcher)
 
 
 def start(
