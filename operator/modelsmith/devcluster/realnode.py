@@ -124,7 +124,6 @@ class RealNode:
         self.state = StateFile(self.paths.home / "state.json")
         self.created = self.paths.home / "created-paths.json"
         self.saved_sysctls = self.paths.home / "sysctls-before.json"
-        self._addons_applied = False
 
     # -- what runs ----------------------------------------------------------------------
 
@@ -313,14 +312,13 @@ class RealNode:
             tools.build(tool)
         self._remember_machine_paths()
         files = self._write_configs()
+        self._apply_addons(kubectl)  # what CoreDNS, the store and the provisioner need
         nodenet.setup()
         sysctls = nodenet.record_sysctls(self.saved_sysctls)
         recorded = {r.name: r for r in self.state.load()}
         running: list[Running] = []
         any_started = False
         for proc in self.processes(files):
-            if proc.name in ("coredns", "objectstore", "provisioner"):
-                self._apply_addons(kubectl)  # what they need from the API, before they start
             old = recorded.get(proc.name)
             if old is not None and is_alive(old) and old.argv == proc.argv:
                 running.append(old)
@@ -378,8 +376,6 @@ class RealNode:
     def _apply_addons(self, kubectl: Callable[..., str]) -> None:
         """CoreDNS's read access (as kubeadm's system:coredns ClusterRole grants it), the
         default StorageClass, the provisioner's RBAC and the object store's Service."""
-        if self._addons_applied:
-            return
         role = {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -413,7 +409,6 @@ class RealNode:
         items = [role, binding, *nodestorage.manifests()]
         doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
         kubectl("apply", "--server-side", "--field-manager=modelsmith-dev", "-f", "-", stdin=doc)
-        self._addons_applied = True
 
     def _remember_machine_paths(self) -> None:
         """Which of the kubelet's fixed machine paths existed before the node first ran."""
