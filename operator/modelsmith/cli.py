@@ -14,6 +14,11 @@ from modelsmith.devcluster.errors import DevClusterError
 def _dev_images(args: argparse.Namespace) -> int:
     from modelsmith.devcluster import images
 
+    if args.prune:
+        if args.images or args.push:
+            raise DevClusterError("--prune goes alone: it keeps what this tree builds")
+        images.prune()
+        return 0
     refs = images.build(args.images or images.IMAGES)  # prints each image and its size
     if args.push:
         for ref in refs.values():
@@ -24,8 +29,8 @@ def _dev_images(args: argparse.Namespace) -> int:
 def _dev_command(args: argparse.Namespace) -> int:
     if args.dev_command == "images":
         return _dev_images(args)
-    if args.images or args.push:
-        raise DevClusterError("image names and --push go with `modelsmith dev images`")
+    if args.images or args.push or args.prune:
+        raise DevClusterError("image names, --push and --prune go with `modelsmith dev images`")
     return _dev(args)
 
 
@@ -246,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="with images: also push each to this plain-HTTP registry as "
         "HOST:PORT/modelsmith/IMAGE:TAG",
+    )
+    dev.add_argument(
+        "--prune",
+        action="store_true",
+        help="with images: remove from buildah's store the images (and their cached build "
+        "steps) that this checkout no longer builds",
     )
     dev.add_argument(
         "--purge",

@@ -201,15 +201,44 @@ def _final_stage(name: str) -> list[str]:
     return [f"{word} {args}" for word, args in images._instructions("FROM " + final)]
 
 
-def test_torch_images_share_one_torch_layer() -> None:
-    """Same parent (the base, then the same useradd) and the same instruction text:
-    buildah's layer cache and a registry then hold the torch layer once for all three."""
-    heads = {name: _final_stage(name)[:3] for name in TORCH_IMAGES}
+WORKLOAD_IMAGES = ("data", *TORCH_IMAGES)
+
+
+def test_workload_images_share_their_dependency_layers() -> None:
+    """Same parent and the same instruction on the same file: buildah's layer cache,
+    the registry and the node then hold the shared layers once. The runtime's own
+    dependencies come first in all four workload images; torch and the hf extra next
+    in the three torch images."""
+    common = [
+        "FROM ${PYTHON_IMAGE}",
+        "RUN useradd --uid 10001 --create-home modelsmith",
+        "COPY --from=deps /deps/common.txt /tmp/deps/",
+        "RUN --mount=type=cache,target=/root/.cache/pip  pip install -r /tmp/deps/common.txt",
+    ]
+    for name in WORKLOAD_IMAGES:
+        assert _final_stage(name)[:4] == common, name
+    heads = {name: _final_stage(name)[4:7] for name in TORCH_IMAGES}
     first = heads["trainer"]
     assert all(head == first for head in heads.values()), heads
-    assert first[0] == "FROM ${PYTHON_IMAGE}"
-    assert first[1] == "RUN useradd --uid 10001 --create-home modelsmith"
-    assert re.fullmatch(r"RUN pip install --no-cache-dir torch==\d+\.\d+\.\d+", first[2])
+    assert re.fullmatch(r"RUN pip install --no-cache-dir torch==\d+\.\d+\.\d+", first[0])
+    assert first[1:] == [
+        "COPY --from=deps /deps/hf.txt /tmp/deps/",
+        "RUN --mount=type=cache,target=/root/.cache/pip  pip install -r /tmp/deps/hf.txt",
+    ]
+    assert not any("torch" in step for step in _final_stage("data")), "the data image has none"
+
+
+def test_the_torch_pin_is_what_the_hf_extra_allows() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    runtime = tomllib.loads((ROOT / "images/runtime/pyproject.toml").read_text())
+    hf = runtime["project"]["optional-dependencies"]["hf"]
+    torch = Requirement(next(r for r in hf if r.startswith("torch")))
+    for name in TORCH_IMAGES:
+        pin = re.search(r"torch==(\S+)", images.dockerfile_path(ROOT, name).read_text())
+        assert pin is not None and torch.specifier.contains(pin.group(1)), name
 
 
 @pytest.mark.parametrize("name", images.IMAGES)
@@ -251,6 +280,9 @@ def test_pyproject_deps_expands_extras_and_self_references() -> None:
     }
     assert helper.requirements(project, []) == ["numpy>=2"]
     assert helper.requirements(project, ["all"]) == ["numpy>=2", "torch>=2.15", "ray[data]>=2.60"]
+    assert helper.requirements(project, ["all"], ["project", "a"]) == ["ray[data]>=2.60"]
+    assert helper.requirements(project, ["a"], ["project"]) == ["torch>=2.15"]
+    assert helper.requirements(project, [], ["project"]) == []
     with pytest.raises(SystemExit, match="no extra 'c'"):
         helper.requirements(project, ["c"])
 
@@ -264,3 +296,32 @@ def test_pyproject_deps_reads_the_real_runtime_extras() -> None:
     assert any(r.startswith("torch") for r in train)
     assert any(r.startswith("ray[") for r in train)
     assert not any(r.startswith("torch") for r in helper.requirements(runtime, ["ray"]))
+    for extra in ("train", "quantize", "serve"):
+        own = helper.requirements(runtime, [extra], ["project", "hf"])
+        assert own and not any(helper._name(r) in {"torch", "transformers"} for r in own), extra
+
+
+def test_pyproject_deps_command_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script, toml = ROOT / "images/pyproject_deps.py", ROOT / "images/runtime/pyproject.toml"
+
+    def run(*args: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, script, toml, *args], capture_output=True, check=False
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.decode().split()
+
+    assert "numpy>=2.4" in run()
+    hf = run("hf", "--minus", "project")
+    assert hf[0].startswith("torch>=") and "numpy>=2.4" not in hf
+    assert run("hf", "--minus", "project", "hf") == []
+
+
+def test_prune_goes_alone_with_dev_images(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dev", "images", "data", "--prune"]) == 1
+    assert "--prune goes alone" in capsys.readouterr().err
+    assert main(["dev", "status", "--prune"]) == 1
+    assert "go with `modelsmith dev images`" in capsys.readouterr().err

@@ -33,8 +33,9 @@ def test_dockerfile_is_pinned_non_root_and_complete(image: str, entrypoint: str)
             assert (ROOT / path).exists(), f"COPY {path}: not in the repository"
 
 
-EXTRAS = {"data": ["ray"], "trainer": ["train ray", "deepspeed"], "quantizer": ["quantize"]}
-EXTRAS |= {"server": ["serve"]}
+EXTRAS = {"data": ["ray --minus project"]}
+EXTRAS |= {"trainer": ["train ray --minus project hf", "deepspeed --minus project"]}
+EXTRAS |= {"quantizer": ["quantize --minus project hf"], "server": ["serve --minus project hf"]}
 
 
 @pytest.mark.parametrize("image", sorted(EXTRAS))
@@ -42,7 +43,8 @@ def test_workload_images_install_only_their_extra(image: str) -> None:
     text = (ROOT / "images" / image / "Dockerfile").read_text()
     # The dependencies come from images/runtime/pyproject.toml and the image's extras
     # alone (images/pyproject_deps.py); the packages follow without their dependencies.
-    found = re.findall(r"pyproject_deps\.py /tmp/deps/pyproject\.toml ?([a-z ]*) >", text)
+    layer = r"pyproject_deps\.py pyproject\.toml ([a-z -]+) > /deps/(?:image|deepspeed)"
+    found = re.findall(layer, text)
     assert found == EXTRAS[image]
     assert "COPY images/pyproject_deps.py images/runtime/pyproject.toml /tmp/deps/" in text
     assert "pip install --no-cache-dir --no-deps /wheels/*.whl" in text, "no operator deps"
