@@ -14,4 +14,4 @@ echo "== mypy --strict"; mypy
 echo "== generated files"; modelsmith crds --check
 echo "== pytest"
 # pytest exits 5 when it collected nothing; set -e turns that into a failure too.
-python -m pytest "$@"
+python -m pytest --durations=25 "$@"
