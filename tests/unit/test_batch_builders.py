@@ -102,6 +102,17 @@ def test_multinode_pretraining_gets_torchrun_rendezvous_and_a_headless_service()
     assert desired_service(owner, Layout("trainer", "pretrain", 1, 8)) is None
 
 
+def test_a_pretrainjob_without_gpus_runs_one_cpu_process_per_pod() -> None:
+    spec = _pretrain(gpusPerNode=0, strategy="ddp")
+    layout = KIND["PretrainJob"].layout(spec)
+    assert layout.gpus_per_worker == 0
+    job = desired_job(Owner("PretrainJob", "cpu", "ml", "uid-3"), spec, layout, SETTINGS, OUT)
+    resources = _container(job)["resources"]
+    assert "nvidia.com/gpu" not in resources["requests"]
+    assert "nvidia.com/gpu" not in resources.get("limits", {})
+    assert _env(job)["NPROC_PER_NODE"] == "1"
+
+
 def test_scheduling_fields_and_run_policy_reach_the_pod() -> None:
     spec = _data(
         nodeSelector={"pool": "cpu"},

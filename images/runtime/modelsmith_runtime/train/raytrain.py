@@ -199,7 +199,7 @@ def failure(error: BaseException, plan: Plan) -> BadInputError | TransientError:
 def run(task_config: Path, plan: Plan) -> Result:
     """Train on the Ray cluster; rank 0's Result, or the contract error of the attempt."""
     d = plan.spec.distribution
-    workers = d.nodes * d.gpus_per_node
+    workers = d.nodes * max(d.gpus_per_node, 1)  # gpusPerNode 0: one CPU worker per node
     check_spec(plan.spec, workers)  # the batch split over Ray's workers, before Ray starts
     for name, value in DRIVER_ENV.items():
         os.environ[name] = value
