@@ -132,6 +132,7 @@ def test_dense_loss_decreases_and_result_describes_the_model(
     assert sorted(losses) == [1, 10, 20, 30, 40]
     assert losses[1] == pytest.approx(math.log(dataset[1]["vocabSize"]), abs=0.3)  # random init
     assert losses[40] == metrics["loss"]
+    assert metrics["initial_loss"] == losses[1], "the first step's loss, for 'the loss fell'"
     assert metrics["loss"] < losses[1] - 2.0
     assert losses[10] > losses[20] > losses[40]
     checkpoints = Path(f"{output}-checkpoints")
@@ -196,6 +197,8 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_loss(runs: Runs) -> 
     assert resumed.rerun.result is not None and reference.result is not None
     final = resumed.rerun.result.metrics["loss"]
     assert final == pytest.approx(reference.result.metrics["loss"], abs=1e-5)
+    first = resumed.rerun.result.metrics["initial_loss"]  # from the checkpoint, not step 11
+    assert first == pytest.approx(reference.result.metrics["initial_loss"], abs=1e-5)
     mine, theirs = _losses(resumed.rerun), _losses(reference)
     assert min(mine) == resumed.killed_at + 1  # the first step after the checkpoint
     for step, loss in mine.items():

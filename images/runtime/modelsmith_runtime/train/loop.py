@@ -169,6 +169,9 @@ class Progress:
     """Sequences of the data stream consumed so far (see data.py)."""
     tokens: int = 0
     loss: float | None = None
+    first_loss: float | None = None
+    """The loss of the run's first step, kept across resumes: what "the loss fell" is
+    measured against (a fresh model's is about ln(vocabulary size))."""
 
 
 @contextlib.contextmanager
@@ -228,6 +231,7 @@ class Loop:
             position=int(state["position"]),
             tokens=int(state["tokens"]),
             loss=state.get("loss"),
+            first_loss=state.get("first_loss"),
         )
         self.trainer.load_state_dict(state)
 
@@ -265,6 +269,7 @@ class Loop:
                     position=p.position + self.batches.global_batch,
                     tokens=p.tokens + self.tokens_per_step,
                     loss=stats.loss,
+                    first_loss=stats.loss if p.first_loss is None else p.first_loss,
                 )
                 self.train_seconds += time.perf_counter() - started
                 self.trained_tokens += self.tokens_per_step

@@ -150,6 +150,8 @@ def _result(plan: Plan, loop: Loop, published: storage.Published) -> Result:
         "tokens": float(p.tokens),
         "steps": float(p.step),
     }
+    if p.first_loss is not None:
+        metrics["initial_loss"] = p.first_loss
     if rate:  # nothing to measure when a retry found the run already finished
         metrics["tokens_per_second"] = rate
     if loop.peak_flops and rate:
