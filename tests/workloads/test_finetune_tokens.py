@@ -50,6 +50,30 @@ def test_chat_learns_every_assistant_turn_and_nothing_else(tokenizer: Any) -> No
     assert tokenizer.decode(t.input_ids) == whole
 
 
+def test_the_default_template_splits_turns_and_ends_them_with_eos(tokenizer: Any) -> None:
+    """What a base model without a chat template (one pretrained here) is tuned with."""
+    from copy import deepcopy
+
+    from modelsmith_runtime.chattemplate import DEFAULT_CHAT_TEMPLATE
+
+    bare = deepcopy(tokenizer)
+    bare.chat_template = DEFAULT_CHAT_TEMPLATE
+    messages = (
+        {"role": "user", "content": "Who sees the ball?"},
+        {"role": "assistant", "content": "The cat."},
+        {"role": "user", "content": "Where?"},
+        {"role": "assistant", "content": "At home."},
+    )
+    t = tokenize(bare, Chat("x:1", messages), 256)
+    assert _learned(bare, t) == " The cat.<|endoftext|> At home.<|endoftext|>"
+    assert bare.decode(t.input_ids) == (
+        "user: Who sees the ball?\nassistant: The cat.<|endoftext|>\n"
+        "user: Where?\nassistant: At home.<|endoftext|>"
+    )
+    prompt = bare.apply_chat_template([messages[0]], tokenize=False, add_generation_prompt=True)
+    assert prompt == "user: Who sees the ball?\nassistant:", "what the server asks"
+
+
 def test_examples_whose_response_is_cut_off_are_dropped(tokenizer: Any) -> None:
     long_prompt = Prompted("x:1", "word " * 200, "answer")
     short = Prompted("x:2", "Q: ", "answer")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from modelsmith.api.finetune import DatasetFormat, FineTuneSpec
 from modelsmith.api.pretrain import Precision
 from modelsmith.contract import ProgressInfo, Result
+from modelsmith_runtime.chattemplate import DEFAULT_CHAT_TEMPLATE
 from modelsmith_runtime.errors import BadInputError, TransientError
 from modelsmith_runtime.finetune.plan import Plan, make_plan
 from modelsmith_runtime.task import load_task
@@ -72,11 +73,9 @@ def finetune(plan: Plan) -> Result:
         log.warning("resources.gpus is %d but no CUDA device is visible", spec.resources.gpus)
     tokenizer = hfmodel.load_tokenizer(plan.base_dir)
     if spec.format == DatasetFormat.CHAT and not tokenizer.chat_template:
-        raise BadInputError(
-            "InvalidModel",
-            f"format chat renders conversations with the tokenizer's chat template, and "
-            f"the base model {plan.base_uri} has none; use format instruction",
-        )
+        # Published with the model: the server then renders prompts as it learned them.
+        log.info("the base model has no chat template; using modelsmith's default one")
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     length = min(hp.sequence_length, _max_positions(plan) or hp.sequence_length)
     train, held_out = split(tokenize_all(tokenizer, plan.examples, length), spec.eval_split)
     log.info(

@@ -15,15 +15,13 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequen
 from dataclasses import dataclass
 from typing import Any
 
+from modelsmith_runtime.chattemplate import DEFAULT_CHAT_TEMPLATE
 from modelsmith_runtime.serve.engine import Engine, Event, Stream
 from modelsmith_runtime.serve.metrics import ServeMetrics
 from modelsmith_runtime.serve.sampling import SamplingParams
 from modelsmith_runtime.serve.settings import Settings
 
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
+FALLBACK_CHAT_TEMPLATE = DEFAULT_CHAT_TEMPLATE
 """For tokenizers without a chat template: a base model still answers a chat request."""
 
 
