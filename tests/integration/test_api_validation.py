@@ -201,6 +201,18 @@ def test_samples_are_accepted(
     assert proc.returncode == 0, proc.stderr
 
 
+LOCAL = [d for d in yaml.safe_load_all((SAMPLES / "local" / "chain.yaml").read_text()) if d]
+
+
+@pytest.mark.parametrize("doc", LOCAL, ids=[d["kind"] for d in LOCAL])
+def test_local_samples_are_accepted(
+    dev_cluster: DevCluster, crds: list[str], namespace: str, doc: dict[str, Any]
+) -> None:
+    """The real node's chain, written as a user would (no GPU, its taint tolerated)."""
+    proc = kubectl_apply(dev_cluster, namespace, doc)
+    assert proc.returncode == 0, proc.stderr
+
+
 IMMUTABLE = [
     ("PretrainJob", "architecture.layers", 8, "architecture is immutable"),
     ("PretrainJob", "output.uri", "/elsewhere", "output is immutable"),
