@@ -1,88 +1,104 @@
 #!/usr/bin/env bash
-# The main job: bring the local control plane up, install the CRDs, run the operator
-# against it, take the sample manifests through their lifecycle and show the result.
+# The main job, for real: the dev cluster with its real node, this checkout's images
+# built and pushed to the dev registry, the chart installed (the operator runs as a pod),
+# and the local chain (samples/local/chain.yaml) run in real containers on the node's
+# CPU: raw text in the object store -> cleaned, deduplicated, tokenized shards -> a tiny
+# Llama-style model pretrained for a minute -> a LoRA fine-tune on a chat set -> an int8
+# model that passed its perplexity gate, all on a claim the provisioner made.
 # The cluster is left running for you to explore; `modelsmith dev down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+timings=()
+stage_name=""
+stage_started=0
+stage() {
+  if [ -n "$stage_name" ]; then
+    timings+=("$(printf '%-58s %5d s' "$stage_name" $((SECONDS - stage_started)))")
+  fi
+  stage_name=$1
+  stage_started=$SECONDS
+  if [ -n "$1" ]; then printf '\n== %s\n' "$1"; fi
+}
+
+stage "bootstrap: virtualenv, Go tools (cached after the first run)"
 bash hack/bootstrap.sh
 . .venv/bin/activate
-
+# This demo runs real pods: a node that cannot start is an error, not a kwok-only cluster.
+export MODELSMITH_DEV_REAL_NODE=require
 ns=modelsmith-demo
+bucket=modelsmith-local
+
+stage "dev cluster: control plane, kwok's fake GPU nodes, one real node"
 modelsmith dev up
 eval "$(modelsmith dev env)"
+kubectl get nodes -L modelsmith.io/real-node
 
-echo "== installing the CRDs"
-kubectl apply --server-side -f crds/
-kubectl wait --for=condition=Established --timeout=60s crd -l app.kubernetes.io/part-of=modelsmith
+stage "images and chart: build, push to the dev registry, helm install"
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+modelsmith dev install --watch "$ns"
+kubectl get pods -n modelsmith-system -o wide
 
-echo "== a manifest the API server refuses (workers: 0)"
+stage "a manifest the API server refuses (workers: 0)"
 if kubectl apply -n "$ns" -f samples/invalid-datapipeline.yaml; then
   echo "expected the invalid manifest to be rejected" >&2; exit 1
 fi
 
-log=$(mktemp -t modelsmith-operator.XXXXXX.log)
-echo "== starting the operator (log: $log)"
-modelsmith run --namespace "$ns" --metrics-port 0 --log-format text >"$log" 2>&1 &
-operator=$!
-trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null || true' EXIT
+stage "the data: the standard library's docstrings, into the object store"
+python -m modelsmith.devcluster.samplecorpus upload "$bucket"
+kubectl create secret generic modelsmith-s3 -n "$ns" --dry-run=client -o yaml \
+  --from-env-file=<(python -m modelsmith.devcluster.samplecorpus pod-env) | kubectl apply -f - >/dev/null
+kubectl apply -n "$ns" -f samples/storage.yaml
 
-echo "== the claim the chain's artifacts live on (samples/storage.yaml)"
-# The dev cluster has no provisioner yet: a hostPath volume reserved for the sample
-# claim lets the real PV controller bind it. kwok's nodes never write to it.
-kubectl apply -f - >/dev/null <<YAML
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: $ns-artifacts}
-spec:
-  capacity: {storage: 100Gi}
-  accessModes: [ReadWriteMany]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: ""
-  hostPath: {path: /tmp/modelsmith-pv/$ns-artifacts}
-  claimRef: {namespace: $ns, name: modelsmith-artifacts}
-YAML
-kubectl get pvc -n "$ns" modelsmith-artifacts >/dev/null 2>&1 ||
-  python3 -c 'import sys, yaml; d = yaml.safe_load(open("samples/storage.yaml")); d["spec"]["storageClassName"] = ""; print(yaml.safe_dump(d))' |
-  kubectl apply -n "$ns" -f - >/dev/null
-kubectl wait -n "$ns" --for=jsonpath='{.status.phase}'=Bound --timeout=60s pvc/modelsmith-artifacts
-
-echo "== applying the chain: samples/chain.yaml first (it waits), then samples/datapipeline.yaml"
-for f in samples/chain.yaml samples/datapipeline.yaml; do
-  kubectl delete -n "$ns" -f "$f" --ignore-not-found --wait >/dev/null
-done
-kubectl apply -n "$ns" -f samples/chain.yaml
-kubectl wait -n "$ns" --for=jsonpath='{.status.phase}'=Pending --timeout=60s \
-  pretrainjob/tiny-llama finetune/tiny-llama-chat quantizejob/tiny-llama-chat-int4 >/dev/null
-kubectl get pretrainjob,finetune,quantizejob -n "$ns" \
-  -o custom-columns='KIND:.kind,NAME:.metadata.name,PHASE:.status.phase,WHY:.status.conditions[?(@.type=="Ready")].message'
-kubectl apply -n "$ns" -f samples/datapipeline.yaml
-for r in datapipeline/tiny-corpus pretrainjob/tiny-llama finetune/tiny-llama-chat \
-         quantizejob/tiny-llama-chat-int4; do
-  if ! kubectl wait -n "$ns" --for=condition=Succeeded --timeout=180s "$r"; then
-    echo "$r did not succeed; operator log:" >&2; tail -50 "$log" >&2; exit 1
+stage "the chain: samples/local/chain.yaml, every stage a real pod"
+kubectl delete -n "$ns" -f samples/local/chain.yaml --ignore-not-found --wait >/dev/null
+kubectl apply -n "$ns" -f samples/local/chain.yaml
+for r in datapipeline/local-corpus pretrainjob/local-llama finetune/local-llama-chat \
+         quantizejob/local-llama-chat-int8; do
+  started=$SECONDS
+  until phase=$(kubectl get -n "$ns" "$r" -o jsonpath='{.status.phase}') &&
+        [ "$phase" = Succeeded ] || [ "$phase" = Failed ]; do
+    if [ $((SECONDS - started)) -gt 900 ]; then echo "$r: still ${phase:-Pending} after 900 s" >&2; exit 1; fi
+    # A pod the scheduler cannot place would wait forever: say why instead.
+    why=$(kubectl get pods -n "$ns" -l "batch.kubernetes.io/job-name=${r#*/}-run" -o \
+      jsonpath='{.items[*].status.conditions[?(@.reason=="Unschedulable")].message}')
+    if [ -n "$why" ] && [ $((SECONDS - started)) -gt 60 ]; then
+      echo "$r: its pod cannot be scheduled: $why" >&2; exit 1
+    fi
+    sleep 3
+  done
+  kubectl get -n "$ns" "$r"
+  if [ "$phase" = Failed ]; then
+    kubectl get -n "$ns" "$r" -o jsonpath='{range .status.conditions[*]}{.type}: {.message}{"\n"}{end}' >&2
+    exit 1
   fi
+  timings+=("$(printf '  %-56s %5d s' "$r" $((SECONDS - started)))")
 done
 
-echo "== serving the quantized model: samples/inferenceservice.yaml (model.fromRef the QuantizeJob)"
-kubectl delete -n "$ns" -f samples/inferenceservice.yaml --ignore-not-found --wait >/dev/null
-kubectl apply -n "$ns" -f samples/inferenceservice.yaml
-kubectl wait -n "$ns" --for=condition=Ready --timeout=120s misvc/tiny-chat
-echo "== a new model version: it starts as canary and gets 5% once ready"
-kubectl patch -n "$ns" misvc/tiny-chat --type=merge \
-  -p '{"spec":{"model":{"fromRef":null,"uri":"pvc://modelsmith-artifacts/models/tiny-llama-chat"}}}'
-kubectl wait -n "$ns" --for=jsonpath='{.status.canaryWeight}'=5 --timeout=120s misvc/tiny-chat
-kubectl get misvc -n "$ns"
-kubectl get configmap tiny-chat-routes -n "$ns" -o jsonpath='{.data.routes\.json}'; echo
-echo "== no Prometheus in this demo, so the analysis would pause; promote by hand"
-kubectl annotate -n "$ns" misvc/tiny-chat modelsmith.io/canary-decision=Promote --overwrite
-kubectl wait -n "$ns" --for=jsonpath='{.status.canary.stage}'=Promoted --timeout=60s misvc/tiny-chat
-kubectl get misvc tiny-chat -n "$ns" -o jsonpath='{.status.canary.history}' | python3 -m json.tool
+stage "what the chain produced (status.outputs, as the pods reported it)"
+metric() { kubectl get -n "$ns" "$1" -o jsonpath="{.status.outputs.metrics.$2}"; }
+printf 'data:     %s documents in, %s out (%s exact and %s near duplicates removed), %s tokens\n' \
+  "$(metric datapipeline/local-corpus documents_in)" "$(metric datapipeline/local-corpus documents_out)" \
+  "$(metric datapipeline/local-corpus exact_duplicates)" "$(metric datapipeline/local-corpus near_duplicates)" \
+  "$(metric datapipeline/local-corpus tokens)"
+printf 'pretrain: loss %.3f -> %.3f over %s steps (%.0f tokens/s on the CPU)\n' \
+  "$(metric pretrainjob/local-llama initial_loss)" "$(metric pretrainjob/local-llama loss)" \
+  "$(metric pretrainjob/local-llama steps)" "$(metric pretrainjob/local-llama tokens_per_second)"
+printf 'finetune: held-out loss %.3f -> %.3f (perplexity %.1f)\n' \
+  "$(metric finetune/local-llama-chat eval_loss_before)" "$(metric finetune/local-llama-chat eval_loss)" \
+  "$(metric finetune/local-llama-chat eval_perplexity)"
+printf 'quantize: int8 weights, perplexity %+.2f%% (gate: at most +10%%)\n' \
+  "$(metric quantizejob/local-llama-chat-int8 perplexity_increase_percent)"
+kubectl get modelsmith -n "$ns"
+kubectl get pods -n "$ns" -o wide
+stage ""
 
-echo "== result"
-kubectl get modelsmith -n "$ns" -o wide
-kubectl get jobs,deployments,services,pods -n "$ns" -o wide
-kubectl get quantizejob tiny-llama-chat-int4 -n "$ns" -o jsonpath='{.status}' | python3 -m json.tool
 echo
-echo "The cluster is still running:  eval \"\$(.venv/bin/modelsmith dev env)\"; kubectl get nodes"
-echo "Stop it with:                  .venv/bin/modelsmith dev down"
+echo "== time per stage"
+printf '%s\n' "${timings[@]}"
+printf '%-58s %5d s\n' "total" "$SECONDS"
+echo
+echo "The GPU-sized chain (samples/chain.yaml) schedules onto kwok's fake GPU nodes, which"
+echo "run nothing: apply it to see scheduling, not results."
+echo "The cluster is still running:  eval \"\$(.venv/bin/modelsmith dev env)\"; kubectl get modelsmith -A"
+echo "Stop it with:                  .venv/bin/modelsmith dev down   (--purge also deletes its data)"

@@ -26,11 +26,23 @@ def _dev_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_install(watch: list[str]) -> int:
+    from modelsmith.devcluster import install
+    from modelsmith.devcluster.cluster import DevCluster
+
+    install.install(DevCluster.from_env(), watch=watch)
+    return 0
+
+
 def _dev_command(args: argparse.Namespace) -> int:
     if args.dev_command == "images":
         return _dev_images(args)
     if args.images or args.push or args.prune:
         raise DevClusterError("image names, --push and --prune go with `modelsmith dev images`")
+    if args.dev_command == "install":
+        return _dev_install(args.watch)
+    if args.watch:
+        raise DevClusterError("--watch goes with `modelsmith dev install`")
     return _dev(args)
 
 
@@ -234,11 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="the local control plane (etcd, apiserver, kwok nodes)")
     dev.add_argument(
         "dev_command",
-        choices=["build", "up", "down", "status", "env", "images"],
+        choices=["build", "up", "down", "status", "env", "images", "install"],
         help="build: compile the binaries once; up: start what is not running (state is "
         "kept); down: stop (add --purge to delete the cluster's data, certificates and "
         "images); status; env: shell exports for KUBECONFIG and PATH; images: build the "
-        "workload and operator images with buildah (no Docker engine needed)",
+        "workload and operator images with buildah (no Docker engine needed); install: "
+        "build and push the images, then helm-install the chart (operator pod on the real "
+        "node)",
     )
     dev.add_argument(
         "images",
@@ -251,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="with images: also push each to this plain-HTTP registry as "
         "HOST:PORT/modelsmith/IMAGE:TAG",
+    )
+    dev.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        metavar="NAMESPACE",
+        help="with install: a namespace the operator watches (repeat; default: all)",
     )
     dev.add_argument(
         "--prune",

@@ -451,15 +451,26 @@ def build(
     return refs
 
 
-def push_reference(ref: ImageRef, registry: str) -> str:
-    return f"{registry}/modelsmith/{ref.name}:{ref.tag}"
+def push_reference(ref: ImageRef, registry: str, tag: str | None = None) -> str:
+    return f"{registry}/modelsmith/{ref.name}:{tag or ref.tag}"
 
 
-def push_argv(ref: ImageRef, registry: str) -> list[str]:
+def release_tag(refs: Iterable[ImageRef]) -> str:
+    """One tag for a set of images, from their content tags.
+
+    The chart (like KServe's and Kubeflow's) names one registry and one tag for every
+    workload image; our images each have their own content tag. This tag changes
+    whenever any of them does, so a node never runs a stale image under a reused tag.
+    """
+    key = "\n".join(sorted(f"{r.name}:{r.tag}" for r in refs))
+    return "dev-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def push_argv(ref: ImageRef, registry: str, tag: str | None = None) -> list[str]:
     # The dev registry is a local one on 127.0.0.1 speaking plain HTTP. zstd, not gzip:
     # a torch image's 5.6 GB layer compresses in seconds instead of minutes, and
     # containerd (>= 1.5) unpacks it faster too.
-    dest = f"docker://{push_reference(ref, registry)}"
+    dest = f"docker://{push_reference(ref, registry, tag)}"
     return [
         "buildah",
         "push",
@@ -470,14 +481,16 @@ def push_argv(ref: ImageRef, registry: str) -> list[str]:
     ]
 
 
-def push(ref: ImageRef, registry: str, log: Log = print) -> str:
-    """Push one built image to ``registry`` (host:port); returns the pushed reference."""
+def push(ref: ImageRef, registry: str, log: Log = print, *, tag: str | None = None) -> str:
+    """Push one built image to ``registry`` (host:port), under its content tag or
+    ``tag``; returns the pushed reference. Layers the registry has are not sent again."""
     require_tools("buildah")
     if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]+)?", registry):
         raise DevClusterError(f"registry {registry!r}: expected HOST or HOST:PORT")
     started = time.monotonic()
-    _run_logged(push_argv(ref, registry), _log_path(f"push-{ref.name}", ref.tag), "buildah push")
-    pushed = push_reference(ref, registry)
+    argv = push_argv(ref, registry, tag)
+    _run_logged(argv, _log_path(f"push-{ref.name}", tag or ref.tag), "buildah push")
+    pushed = push_reference(ref, registry, tag)
     log(f"{ref.name}: pushed {pushed} in {time.monotonic() - started:.1f} s")
     return pushed
 
