@@ -19,7 +19,7 @@ from kubernetes import client
 
 from modelsmith import crdgen
 from modelsmith.api import KINDS
-from modelsmith.devcluster import images, nodestorage
+from modelsmith.devcluster import images, install, nodestorage
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.nodeconfig import LABEL, NODE_NAME, REGISTRY_IN_NODE, TAINT_KEY
 from tests.integration.conftest import (  # noqa: F401 (fixtures shared with integration)
@@ -139,15 +139,10 @@ def chart_on_real_node(dev_cluster: DevCluster, operator_image: str, release: st
     tests' operators); yields the namespace, uninstalls afterwards."""
     ns = f"{release}-{uuid.uuid4().hex[:6]}"
     dev_cluster.kubectl("create", "namespace", ns)
-    repository, tag = operator_image.rsplit(":", 1)
-    escaped = LABEL.replace(".", "\\.")  # helm --set splits keys on dots
     helm(
         dev_cluster,
         *("install", release, str(CHART), "--namespace", ns),
-        *("--set", f"image.repository={repository}", "--set", f"image.tag={tag}"),
-        *("--set", f"watchNamespaces={{{ns}}}"),
-        *("--set-string", f"nodeSelector.{escaped}=true"),
-        *("--set", f"tolerations[0].key={TAINT_KEY}", "--set", "tolerations[0].operator=Exists"),
+        *install.helm_values(operator_image, watch=[ns]),
         *("--set", "storage.allowNodePaths=true"),  # other tests of the session name paths
         *("--take-ownership", "--force-conflicts", "--wait", "--timeout", "240s"),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,30 @@ def test_the_node_path_policy_follows_allow_node_paths_and_watch_namespaces(
     [expression] = confined["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
     assert expression["values"] == ["ml", "research"]
     assert policies("storage.allowNodePaths=true") == {}
+
+
+def test_dev_install_values_put_the_operator_on_the_real_node(dev_cluster: DevCluster) -> None:
+    """What `modelsmith dev install` passes to helm, rendered by the real chart."""
+    from modelsmith.devcluster import images, install
+    from modelsmith.devcluster.nodeconfig import LABEL, TAINT_KEY
+
+    refs = [images.ImageRef(name, f"{i:016x}") for i, name in enumerate(images.IMAGES)]
+    tag = images.release_tag(refs)
+    assert re.fullmatch(r"dev-[0-9a-f]{12}", tag)
+    assert tag == images.release_tag(reversed(refs)), "the order of the images is not part of it"
+    assert tag != images.release_tag([*refs[:-1], images.ImageRef(refs[-1].name, "f" * 16)])
+
+    flags = install.helm_values("localhost:5000/modelsmith/operator:abc", tag, ["demo"])
+    out = helm(dev_cluster, "template", "ms", str(CHART), "--namespace", "ops", *flags).stdout
+    deploy = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "localhost:5000/modelsmith/operator:abc"
+    assert pod["nodeSelector"] == {LABEL: "true"}
+    assert pod["tolerations"] == [{"key": TAINT_KEY, "operator": "Exists"}]
+    assert "--namespace=demo" in container["args"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["MODELSMITH_IMAGE_REGISTRY"], env["MODELSMITH_IMAGE_TAG"]) == (
+        "localhost:5000/modelsmith",
+        tag,
+    )

@@ -40,19 +40,22 @@ def chart_dir(root: Path) -> Path:
     return chart
 
 
-def helm_values(operator_image: str, workload_tag: str, watch: Sequence[str] = ()) -> list[str]:
-    """The --set flags: images from the dev registry as the node reaches it, the
-    operator pod on the real node (kwok's nodes run nothing), and the namespaces it
-    watches (none given: every namespace)."""
+def helm_values(
+    operator_image: str, workload_tag: str | None = None, watch: Sequence[str] = ()
+) -> list[str]:
+    """The --set flags: the operator image, the operator pod on the real node (kwok's
+    nodes run nothing), the workload images from the dev registry as the node reaches
+    it (when a tag is given) and the namespaces it watches (none given: every one)."""
     repository, tag = operator_image.rsplit(":", 1)
     escaped = LABEL.replace(".", "\\.")  # helm --set splits keys on dots
     flags = [
         *("--set", f"image.repository={repository}", "--set", f"image.tag={tag}"),
-        *("--set", f"workloadImages.registry={REGISTRY_IN_NODE}/modelsmith"),
-        *("--set", f"workloadImages.tag={workload_tag}"),
         *("--set-string", f"nodeSelector.{escaped}=true"),
         *("--set", f"tolerations[0].key={TAINT_KEY}", "--set", "tolerations[0].operator=Exists"),
     ]
+    if workload_tag:
+        flags += ["--set", f"workloadImages.registry={REGISTRY_IN_NODE}/modelsmith"]
+        flags += ["--set", f"workloadImages.tag={workload_tag}"]
     if watch:
         flags += ["--set", f"watchNamespaces={{{','.join(watch)}}}"]
     return flags
