@@ -367,6 +367,23 @@ def image_info(reference: str) -> tuple[str, int]:
     return str(data.get("FromImageID", "")), size
 
 
+def layer_bytes(references: Iterable[str]) -> int:
+    """What these images' layers take in the build store, a shared layer once.
+
+    The rest of the store is the cache of older builds (`prune` reclaims it), which
+    depends on the machine's history, not on the images.
+    """
+    sizes: dict[str, int] = {}
+    for reference in references:
+        data = _inspect(reference)
+        if data is None:
+            raise DevClusterError(f"buildah inspect {reference}: no such image")
+        manifest = json.loads(str(data.get("Manifest") or "{}"))
+        for layer in manifest.get("layers", []):
+            sizes[str(layer.get("digest"))] = int(layer.get("size", 0))
+    return sum(sizes.values())
+
+
 def store_bytes() -> int:
     """What buildah's storage (every image and build layer) takes on disk; 0 without it."""
     if shutil.which("buildah") is None:
