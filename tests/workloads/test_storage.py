@@ -8,6 +8,8 @@ moto's S3 over HTTP, and fsspec's memory:// and local:// for other backends.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -199,6 +201,26 @@ def test_a_reader_that_listed_the_prefix_before_the_marker_still_sees_it(s3: S3)
     assert COMPLETION_MARKER in [p.rsplit("/", 1)[-1] for p in fs.ls(root)]
     assert read_manifest(s3.uri("model")) is not None
     assert storage.artifact_digest(storage.open_artifact(s3.uri("model"), "model")) == out.digest
+
+
+def test_a_downloaded_copy_is_gone_when_its_process_exits(s3: S3, tmp_path: Path) -> None:
+    _publish(s3.uri("model"))
+    read = (
+        "import sys; from modelsmith_runtime import storage; "
+        "print(storage.open_artifact(sys.argv[1], 'model'))"
+    )
+    env = {**os.environ, **s3.env, "TMPDIR": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, "-c", read, s3.uri("model")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    opened = Path(run.stdout.strip())
+    assert opened.parent == tmp_path and opened.name.startswith("artifact-")
+    assert not opened.exists()
 
 
 def test_a_download_checks_every_listed_file_and_takes_nothing_else(s3: S3) -> None:

@@ -16,6 +16,7 @@ nothing anyone trusts, so it may be reused.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import itertools
@@ -205,12 +206,17 @@ def _download(fs: Any, root: str, uri: str, what: str, dest: Path) -> list[Manif
 
 def open_artifact(uri: str, what: str) -> Path:
     """A complete artifact as a local directory: where it is mounted, or downloaded
-    into scratch (verified file by file); BadInputError for anything less."""
+    into scratch (verified file by file); BadInputError for anything less.
+
+    The scratch copy lives as long as the process: callers read it until they exit,
+    and a workload run as a plain process (tests, a laptop) must not leave it behind.
+    """
     path = local_path(uri)
     if path is not None:
         check_local(path, uri, what)
         return path
     scratch = Path(tempfile.mkdtemp(prefix="artifact-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     try:
         _download(*remote_fs(uri), uri, what, scratch)
     except BaseException:
