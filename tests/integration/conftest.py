@@ -49,10 +49,14 @@ def dev_cluster() -> Iterator[DevCluster]:
 @pytest.fixture(scope="session")
 def crds(dev_cluster: DevCluster) -> list[str]:
     """Our CRDs, installed from the models (as `kubectl apply -f crds/` would) and Established."""
+    # A chart installed earlier in the session (the e2e tier's) leaves its CRDs behind
+    # (crds.keep) with helm as the manager of their fields: the models are the truth
+    # here, so this apply takes those fields back instead of failing on the conflict.
+    apply = ("apply", "--server-side", "--force-conflicts", "-f", "-")
     for info in KINDS:
-        dev_cluster.kubectl("apply", "--server-side", "-f", "-", stdin=crdgen.render(info))
+        dev_cluster.kubectl(*apply, stdin=crdgen.render(info))
     for kind in crdgen.PEERING_KINDS:  # replicas of the operator peer through these
-        dev_cluster.kubectl("apply", "--server-side", "-f", "-", stdin=crdgen.render_peering(kind))
+        dev_cluster.kubectl(*apply, stdin=crdgen.render_peering(kind))
     names = [info.crd_name for info in KINDS]
     dev_cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s", *[f"crd/{n}" for n in names]
