@@ -4,7 +4,8 @@
 # and the local chain (samples/local/chain.yaml) run in real containers on the node's
 # CPU: raw text in the object store -> cleaned, deduplicated, tokenized shards -> a tiny
 # Llama-style model pretrained for a minute -> a LoRA fine-tune on a chat set -> an int8
-# model that passed its perplexity gate, all on a claim the provisioner made.
+# model that passed its perplexity gate, all on a claim the provisioner made -> that
+# model served behind the router, answering a chat completion (API key enforced).
 # The cluster is left running for you to explore; `modelsmith dev down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +90,26 @@ printf 'finetune: held-out loss %.3f -> %.3f (perplexity %.1f)\n' \
   "$(metric finetune/local-llama-chat eval_perplexity)"
 printf 'quantize: int8 weights, perplexity %+.2f%% (gate: at most +10%%)\n' \
   "$(metric quantizejob/local-llama-chat-int8 perplexity_increase_percent)"
+
+stage "serving: samples/local/inferenceservice.yaml, the int8 model behind the router"
+key=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
+kubectl create secret generic local-chat-key -n "$ns" --from-literal=api-key="$key" \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl delete -n "$ns" -f samples/local/inferenceservice.yaml --ignore-not-found --wait >/dev/null
+kubectl apply -n "$ns" -f samples/local/inferenceservice.yaml
+kubectl wait -n "$ns" --for=jsonpath='{.status.phase}'=Ready --timeout=600s misvc/local-chat
+kubectl rollout status -n "$ns" deployment/local-chat-router --timeout=120s >/dev/null
+kubectl port-forward -n "$ns" svc/local-chat 18080:80 >/dev/null 2>&1 &
+forward=$!
+trap 'kill $forward 2>/dev/null || true' EXIT
+for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:18080/-/ready && break; sleep 0.2; done
+ask='{"model": "local-chat", "max_tokens": 24, "messages": [{"role": "user", "content": "What does json.dumps do?"}]}'
+echo "without the key: HTTP $(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+  -d "$ask" http://127.0.0.1:18080/v1/chat/completions)"
+echo "with the key, the model trained minutes ago answers 'What does json.dumps do?':"
+curl -s -H "Authorization: Bearer $key" -H 'Content-Type: application/json' -d "$ask" \
+  http://127.0.0.1:18080/v1/chat/completions |
+  python3 -c 'import json, sys; r = json.load(sys.stdin); print("  " + repr(r["choices"][0]["message"]["content"]), "(" + str(r["usage"]["completion_tokens"]) + " tokens)")'
 kubectl get modelsmith -n "$ns"
 kubectl get pods -n "$ns" -o wide
 stage ""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,9 @@ from tests.workloads.s3 import S3
 
 pytestmark = pytest.mark.integration
 
-SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "local" / "chain.yaml"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "local"
+SAMPLE = SAMPLES / "chain.yaml"
+API_KEY = "local-chat-test-key"
 GROUP = ("modelsmith.io", "v1alpha1")
 PLURALS = {
     "DataPipeline": "datapipelines",
@@ -48,9 +52,19 @@ IMAGE_OF = {
 
 @pytest.fixture
 def chain_operator(
-    dev_cluster: DevCluster, crds: list[str], namespace: str, tmp_path: Path
+    dev_cluster: DevCluster,
+    crds: list[str],
+    namespace: str,
+    tmp_path: Path,
+    pushed: dict[str, str],
 ) -> Iterator[OperatorProcess]:
-    env = {"MODELSMITH_ALLOW_NODE_PATHS": "false"}
+    # The router runs the operator image: the one built from this checkout.
+    registry, tag = pushed["operator"].rsplit("/operator:", 1)
+    env = {
+        "MODELSMITH_ALLOW_NODE_PATHS": "false",
+        "MODELSMITH_IMAGE_REGISTRY": registry,
+        "MODELSMITH_IMAGE_TAG": tag,
+    }
     args = (f"--namespace={namespace}", "--metrics-port=0")
     with operator_process(dev_cluster.kubeconfig, tmp_path / "op.log", *args, env=env) as op:
         yield op
@@ -138,3 +152,61 @@ def test_the_local_chain_runs_in_real_pods(
 
     pods = core.list_namespaced_pod(namespace).items
     assert {p.spec.node_name for p in pods} == {"modelsmith-node"}, "all real, none on kwok"
+
+    _serve_and_ask(namespace, pushed["server"])
+
+
+def _post(url: str, body: dict[str, Any], key: str | None) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (pod IP)
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _serve_and_ask(namespace: str, server_image: str) -> None:
+    """samples/local/inferenceservice.yaml: the quantized model behind the router, asked
+    through the router's pod (the host reaches pod IPs; ClusterIPs live in the node)."""
+    core = client.CoreV1Api()
+    secret = {"metadata": {"name": "local-chat-key"}, "stringData": {"api-key": API_KEY}}
+    core.create_namespaced_secret(namespace, secret)
+    isvc = yaml.safe_load((SAMPLES / "inferenceservice.yaml").read_text())
+    isvc["spec"]["image"] = server_image
+    api = client.CustomObjectsApi()
+    api.create_namespaced_custom_object(*GROUP, namespace, "inferenceservices", isvc)
+
+    def ready() -> dict[str, Any] | None:
+        obj = api.get_namespaced_custom_object(*GROUP, namespace, "inferenceservices", "local-chat")
+        status: dict[str, Any] = obj.get("status", {})
+        return status if status.get("phase") == "Ready" else None
+
+    wait_for(ready, timeout=600, interval=2, what="the InferenceService to be Ready")
+
+    def router_ip() -> str | None:
+        pods = core.list_namespaced_pod(
+            namespace, label_selector="app.kubernetes.io/component=router"
+        ).items
+        ready_pods = [
+            p
+            for p in pods
+            if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ]
+        return ready_pods[0].status.pod_ip if ready_pods else None
+
+    url = f"http://{wait_for(router_ip, timeout=120, what='a Ready router pod')}:8080"
+    body = {
+        "model": "local-chat",
+        "messages": [{"role": "user", "content": "What does json.dumps do?"}],
+        "max_tokens": 24,
+    }
+    code, _ = _post(f"{url}/v1/chat/completions", body, None)
+    assert code == 401, "the API key is enforced"
+    code, answer = _post(f"{url}/v1/chat/completions", body, API_KEY)
+    assert code == 200, answer
+    assert answer["usage"]["completion_tokens"] > 0, answer
+    assert answer["choices"][0]["message"]["content"], answer
+    print("the model trained minutes earlier answers:", answer["choices"][0]["message"]["content"])

@@ -201,7 +201,12 @@ def test_samples_are_accepted(
     assert proc.returncode == 0, proc.stderr
 
 
-LOCAL = [d for d in yaml.safe_load_all((SAMPLES / "local" / "chain.yaml").read_text()) if d]
+LOCAL = [
+    d
+    for name in ("chain.yaml", "inferenceservice.yaml")
+    for d in yaml.safe_load_all((SAMPLES / "local" / name).read_text())
+    if d
+]
 
 
 @pytest.mark.parametrize("doc", LOCAL, ids=[d["kind"] for d in LOCAL])

@@ -17,6 +17,7 @@ from modelsmith.builders.batch import Owner
 from modelsmith.builders.inference import (
     desired_httproute,
     desired_router,
+    placement,
     revision_name,
     route_table,
 )
@@ -188,6 +189,43 @@ def test_router_may_read_its_one_configmap_and_nothing_else() -> None:
     ]
     service = next(o for o in objs if o["kind"] == "Service")
     assert service["metadata"]["name"] == "chat"
+
+
+ON_NODE = {
+    "nodeSelector": {"pool": "gpu"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+def test_placement_reaches_the_server_and_router_pods_and_makes_a_revision() -> None:
+    from modelsmith.builders.inference import Revision, desired_revision_deployment
+
+    placed = _spec(**ON_NODE)
+    uri = "pvc://models/chat"
+    rev = Revision(revision_name("chat", placed, uri), placed, uri)
+    server = desired_revision_deployment(OWNER, rev, Settings("reg", "t"), 1)
+    pod = server["spec"]["template"]["spec"]
+    assert (pod["nodeSelector"], pod["tolerations"]) == (
+        ON_NODE["nodeSelector"],
+        ON_NODE["tolerations"],
+    )
+    router = next(
+        o
+        for o in desired_router(OWNER, Settings("reg", "t"), placement(placed))
+        if o["kind"] == "Deployment"
+    )
+    assert router["spec"]["template"]["spec"]["nodeSelector"] == ON_NODE["nodeSelector"]
+    assert revision_name("chat", placed, "a") != revision_name("chat", _spec(), "a")
+    bare = desired_router(OWNER, Settings("reg", "t"), placement(_spec()))
+    assert (
+        "nodeSelector"
+        not in next(o for o in bare if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    )
+
+
+def test_revision_names_of_unplaced_services_did_not_change() -> None:
+    """Names made before placement existed: an operator upgrade must not start a canary."""
+    assert revision_name("chat", _spec(), "file:///models/v1") == "chat-831dc3dda2"
 
 
 def test_httproute_splits_pins_and_mirrors() -> None:

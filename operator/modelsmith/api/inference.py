@@ -13,7 +13,16 @@ from typing import Annotated
 
 from pydantic import Field
 
-from modelsmith.api.common import Input, Name, Resources, Storage, cel, defaulted
+from modelsmith.api.common import (
+    FreeForm,
+    Input,
+    LabelValue,
+    Name,
+    Resources,
+    Storage,
+    cel,
+    defaulted,
+)
 from modelsmith.api.meta import CamelModel, Condition, KindInfo
 
 Duration = Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$", max_length=64)]
@@ -299,6 +308,16 @@ class InferenceServiceSpec(CamelModel):
     )
     service_account_name: Name | None = Field(
         default=None, description="ServiceAccount the servers run as (workload identity)."
+    )
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Node labels the server and router pods require (a GPU pool, say).",
+    )
+    tolerations: list[FreeForm] = Field(
+        default_factory=list,
+        max_length=32,
+        description="core/v1 Tolerations of the server and router pods.",
     )
 
 

@@ -50,6 +50,9 @@ _REVISION_FIELDS = (
 )
 """What goes into a server pod: a change of any of these is a new revision. Replicas and
 autoscaling are not: they scale whichever revision is serving."""
+_PLACEMENT_FIELDS = ("nodeSelector", "tolerations")
+"""Also part of a revision, but only when set: services that never set them keep the
+revision names they had before these fields existed (no canary on an upgrade)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Split:
 def revision_name(owner_name: str, spec: InferenceServiceSpec, model_uri: str) -> str:
     rendered = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     identity = {k: rendered.get(k) for k in _REVISION_FIELDS} | {"model": model_uri}
+    identity |= {k: rendered[k] for k in _PLACEMENT_FIELDS if rendered.get(k)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{owner_name[:52]}-{digest[:10]}"
 
@@ -271,13 +275,23 @@ def _mount_config(
     return volumes, init
 
 
+def placement(spec: InferenceServiceSpec) -> dict[str, Any]:
+    """The pod-spec fields that choose nodes, for the server and the router pods alike."""
+    out: dict[str, Any] = {}
+    if spec.node_selector:
+        out["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        out["tolerations"] = [dict(t) for t in spec.tolerations]
+    return out
+
+
 def _server_pod(
     spec: InferenceServiceSpec,
     container: dict[str, Any],
     volumes: list[dict[str, Any]],
     init: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    pod: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    pod: dict[str, Any] = {"containers": [container], "volumes": volumes, **placement(spec)}
     if init:
         pod["initContainers"] = init
     if volumes:
@@ -399,9 +413,12 @@ def desired_routes_configmap(owner: Owner, table: RouteTable) -> dict[str, Any]:
     }
 
 
-def desired_router(owner: Owner, settings: Settings) -> list[dict[str, Any]]:
+def desired_router(
+    owner: Owner, settings: Settings, pod_placement: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The router: its identity (it may read its one ConfigMap, nothing else), its
-    Deployment, and the Service clients call, named after the InferenceService."""
+    Deployment (on the nodes ``pod_placement`` selects), and the Service clients call,
+    named after the InferenceService."""
     name = router_name(owner)
     labels = owner.labels("router")
     selector = {"app.kubernetes.io/instance": owner.name, "app.kubernetes.io/component": "router"}
@@ -457,6 +474,7 @@ def desired_router(owner: Owner, settings: Settings) -> list[dict[str, Any]]:
                     "serviceAccountName": name,
                     "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
+                    **(pod_placement or {}),
                 },
             },
         },

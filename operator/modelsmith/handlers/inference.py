@@ -44,6 +44,7 @@ from modelsmith.builders.inference import (
     desired_revision_service,
     desired_router,
     desired_routes_configmap,
+    placement,
     revision_config,
     revision_name,
     route_table,
@@ -155,7 +156,7 @@ def _apply_traffic(
         k8s.apply(desired_kserve(owner, newest, settings, percent))
     else:
         k8s.apply(desired_routes_configmap(owner, route_table(owner, split)))
-        for obj in desired_router(owner, settings):
+        for obj in desired_router(owner, settings, placement(spec)):
             k8s.apply(obj)
 
 
