@@ -197,6 +197,8 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_same_loss(runs: Runs) -> 
     assert resumed.rerun.result is not None and reference.result is not None
     final = resumed.rerun.result.metrics["loss"]
     assert final == pytest.approx(reference.result.metrics["loss"], abs=1e-5)
+    assert resumed.rerun.result.metrics["resumed_from_step"] == resumed.killed_at
+    assert "resumed_from_step" not in reference.result.metrics
     first = resumed.rerun.result.metrics["initial_loss"]  # from the checkpoint, not step 11
     assert first == pytest.approx(reference.result.metrics["initial_loss"], abs=1e-5)
     mine, theirs = _losses(resumed.rerun), _losses(reference)

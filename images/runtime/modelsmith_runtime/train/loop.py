@@ -213,6 +213,9 @@ class Loop:
     config: PretrainedConfig
     saved: Saved | None = None
     """The newest committed checkpoint: where a retry would resume."""
+    resumed_from: int | None = None
+    """The step this process resumed at: how a user (and a test) tells a retry that
+    continued from one that started over."""
     train_seconds: float = 0.0
     trained_tokens: int = 0
 

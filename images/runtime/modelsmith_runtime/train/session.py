@@ -122,6 +122,7 @@ def _resume(plan: Plan, loop: Loop, store: CheckpointStore, d: Dist) -> None:
     store.load(saved, loop.trainer.tensors)
     loop.restore(state)
     loop.saved = saved
+    loop.resumed_from = saved.step
     if d.is_main:
         log.info("resuming from step %d of %d (%s)", saved.step, plan.total_steps, saved.uri)
 
@@ -152,6 +153,8 @@ def _result(plan: Plan, loop: Loop, published: storage.Published) -> Result:
     }
     if p.first_loss is not None:
         metrics["initial_loss"] = p.first_loss
+    if loop.resumed_from is not None:
+        metrics["resumed_from_step"] = float(loop.resumed_from)
     if rate:  # nothing to measure when a retry found the run already finished
         metrics["tokens_per_second"] = rate
     if loop.peak_flops and rate:
