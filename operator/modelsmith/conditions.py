@@ -22,6 +22,7 @@ class Reason(StrEnum):
     SPEC_APPLIED = "SpecApplied"
     SERVING = "Serving"
     REVISION_NOT_READY = "RevisionNotReady"
+    REVISION_FAILING = "RevisionFailing"
     CANARY_PROGRESSING = "CanaryProgressing"
     ROLLOUT_DONE = "RolloutDone"
     ROLLED_BACK = "RolledBack"

@@ -100,6 +100,30 @@ def stuck_reason(pod: dict[str, Any]) -> str | None:
     return None
 
 
+def crash_reason(pod: dict[str, Any]) -> str | None:
+    """``pod NAME: container C exited CODE (N restarts): WHY`` for a container that
+    started and failed, WHY from its termination message (our images write their error
+    there) or the kubelet's reason: what a long-running pod's "not ready" hides."""
+    for container in (pod.get("status", {}) or {}).get("containerStatuses") or []:
+        last = (container.get("lastState") or {}).get("terminated") or {}
+        now = (container.get("state") or {}).get("terminated") or {}
+        ended = now or last
+        if not ended or int(ended.get("exitCode", 0) or 0) == 0:
+            continue
+        result = parse_result(ended.get("message"))
+        if result is not None and result.error is not None:
+            why = f"{result.error.reason}: {result.error.message}"
+        else:
+            why = str(ended.get("reason") or "Error")
+        name = pod.get("metadata", {}).get("name", "?")
+        restarts = int(container.get("restartCount", 0) or 0)
+        return (
+            f"pod {name}: container {container.get('name', '?')} exited "
+            f"{ended.get('exitCode')} ({restarts} restarts): {why}"
+        )
+    return None
+
+
 def _terminated(pod: dict[str, Any]) -> tuple[str, Result | None]:
     for status in pod.get("status", {}).get("containerStatuses", []) or []:
         terminated = status.get("state", {}).get("terminated")

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from modelsmith.api.common import BatchStatus, Phase
 from modelsmith.conditions import Reason
-from modelsmith.jobstatus import compute_status, summarize_pods, waiting_status, with_eta
+from modelsmith.jobstatus import (
+    compute_status,
+    crash_reason,
+    summarize_pods,
+    waiting_status,
+    with_eta,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -280,3 +286,43 @@ def test_published_is_said_only_when_a_worker_reported_the_artifact() -> None:
     ready = next(c for c in done.conditions if c.type == "Ready")
     assert ready.message == "output published to pvc://d/o-attempt-1"
     assert done.outputs is not None and done.outputs.uri == "pvc://d/o-attempt-1"
+
+
+def _crashing_pod(message: str | None, exit_code: int = 1) -> dict[str, Any]:
+    """A server pod as the kubelet reported it in the first real run: restarted, in
+    CrashLoopBackOff, its last exit in lastState."""
+    terminated = {
+        "exitCode": exit_code,
+        "reason": "Error",
+        **({"message": message} if message else {}),
+    }
+    status = {
+        "name": "server",
+        "restartCount": 3,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+        "lastState": {"terminated": terminated},
+    }
+    return {"metadata": {"name": "chat-rev-x"}, "status": {"containerStatuses": [status]}}
+
+
+def test_a_crashing_pod_says_its_own_error() -> None:
+    message = json.dumps(
+        {
+            "metrics": {},
+            "error": {"reason": "ModuleNotFoundError", "message": "No module named 'torchao'"},
+        }
+    )
+    assert crash_reason(_crashing_pod(message)) == (
+        "pod chat-rev-x: container server exited 1 (3 restarts): "
+        "ModuleNotFoundError: No module named 'torchao'"
+    )
+    # Without our termination message (another image, OOM), the kubelet's reason.
+    assert crash_reason(_crashing_pod(None, 137)) == (
+        "pod chat-rev-x: container server exited 137 (3 restarts): Error"
+    )
+
+
+def test_a_clean_exit_or_a_running_container_is_no_crash() -> None:
+    assert crash_reason(_crashing_pod(None, 0)) is None
+    running = {"name": "server", "restartCount": 0, "state": {"running": {}}, "lastState": {}}
+    assert crash_reason({"metadata": {}, "status": {"containerStatuses": [running]}}) is None

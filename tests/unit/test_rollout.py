@@ -303,3 +303,20 @@ def test_hpa_on_cpu_or_on_requests_in_flight() -> None:
     assert pods["target"] == {"type": "AverageValue", "averageValue": "6"}
     assert busy["spec"]["scaleTargetRef"]["name"] == "chat-a"
     assert busy["spec"]["minReplicas"] == 1
+
+
+def test_ready_says_why_a_crashing_first_revision_serves_nothing() -> None:
+    spec = _spec()
+    first = _step(spec, InferenceServiceStatus(), at=0 * SEC, ready={})
+    rev = first.split.stable
+    why = "pod p: container server exited 1 (3 restarts): ModuleNotFoundError: No module"
+    inputs = Inputs(spec, rev, "x", {rev: False}, {}, {}, Decision.AUTO, T0, 1, failing={rev: why})
+    failing = plan(inputs, first.status)
+    (ready,) = [c for c in failing.status.conditions if c.type == "Ready"]
+    assert (ready.status, ready.reason) == ("False", "RevisionFailing")
+    assert ready.message == f"revision {rev} is failing: {why}"
+    assert failing.status.phase == ServingPhase.PENDING
+    # Once its pods recover, the reason goes with them.
+    served = _step(spec, failing.status, at=5 * SEC, ready={rev: True})
+    (ready,) = [c for c in served.status.conditions if c.type == "Ready"]
+    assert (ready.status, ready.reason) == ("True", "Serving")

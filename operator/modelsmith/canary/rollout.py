@@ -50,6 +50,9 @@ class Inputs:
     decision: Decision
     now: datetime
     generation: int
+    failing: Mapping[str, str] = field(default_factory=dict)
+    """Revision -> why its pods fail (a crash, an image that cannot be pulled): what
+    Ready says instead of "not ready yet" while nothing serves."""
 
 
 @dataclass
@@ -243,6 +246,9 @@ def _conditions(
     weight = 100 - (status.canary_weight or 0)
     if serving:
         put("Ready", True, Reason.SERVING, f"revision {stable} serves {weight}% of traffic")
+    elif stable in inputs.failing:
+        why = inputs.failing[stable]
+        put("Ready", False, Reason.REVISION_FAILING, f"revision {stable} is failing: {why}")
     else:
         put("Ready", False, Reason.REVISION_NOT_READY, f"revision {stable} is not ready yet")
     if active and canary is not None:

@@ -20,7 +20,7 @@ from typing import Any, NoReturn, cast
 import kopf
 from pydantic import ValidationError
 
-from modelsmith import k8s, metrics, storagecheck
+from modelsmith import jobstatus, k8s, metrics, storagecheck
 from modelsmith.api.inference import (
     INFERENCESERVICE,
     Backend,
@@ -82,6 +82,24 @@ def _revision_deployments(owner: Owner) -> dict[str, dict[str, Any]]:
     selector = f"{_OWNER_LABEL}={owner.name},app.kubernetes.io/component=server"
     found = k8s.list_("apps/v1", "Deployment", owner.namespace, selector)
     return {d["metadata"]["labels"][REVISION_LABEL]: d for d in found}
+
+
+NOT_SERVING_RESYNC_S = 10.0
+"""While nothing serves, reconcile this often: a crash-looping server pod changes no
+Deployment, so no event would carry its reason into Ready."""
+
+
+def _failing(owner: Owner, ready: dict[str, bool]) -> dict[str, str]:
+    """Why each revision that is not ready fails, in its pods' words; a revision whose
+    pods are merely starting is absent."""
+    failing: dict[str, str] = {}
+    for revision in (r for r, ok in ready.items() if not ok):
+        pods = k8s.list_("v1", "Pod", owner.namespace, f"{REVISION_LABEL}={revision}")
+        reasons = [jobstatus.stuck_reason(p) or jobstatus.crash_reason(p) for p in pods]
+        found = [r for r in reasons if r]
+        if found:
+            failing[revision] = found[0]
+    return failing
 
 
 def _kserve_ready(owner: Owner, current: InferenceServiceStatus, desired: str) -> dict[str, bool]:
@@ -301,7 +319,18 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         now=now,
     )
     result = plan(
-        Inputs(spec, desired.name, model_uri, ready, samples, queries, decision, now, gen),
+        Inputs(
+            spec,
+            desired.name,
+            model_uri,
+            ready,
+            samples,
+            queries,
+            decision,
+            now,
+            gen,
+            failing={} if kserve else _failing(owner, ready),
+        ),
         current,
     )
     # Status first, under the resourceVersion read: a reconcile that lost the race fails
@@ -322,7 +351,10 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         k8s.patch_metadata(
             PLURAL, owner.namespace, owner.name, {"annotations": {DECISION_ANNOTATION: None}}
         )
-    return next_wake(result.status, spec, now)
+    wake = next_wake(result.status, spec, now)
+    if result.status.phase == ServingPhase.PENDING and not kserve:
+        wake = min(wake or NOT_SERVING_RESYNC_S, NOT_SERVING_RESYNC_S)
+    return wake
 
 
 _WAKE: dict[tuple[str, str], float] = {}
