@@ -133,7 +133,12 @@ def unique() -> Iterator[str]:
 
 
 @contextmanager
-def chart_on_real_node(dev_cluster: DevCluster, operator_image: str, release: str) -> Iterator[str]:  # noqa: F811
+def chart_on_real_node(
+    dev_cluster: DevCluster,  # noqa: F811
+    operator_image: str,
+    release: str,
+    workload_tag: str | None = None,
+) -> Iterator[str]:
     """`helm install` of the chart into a namespace of its own, the operator pod placed
     on the real node, watching only that namespace (so it never competes with the other
     tests' operators); yields the namespace, uninstalls afterwards."""
@@ -142,7 +147,7 @@ def chart_on_real_node(dev_cluster: DevCluster, operator_image: str, release: st
     helm(
         dev_cluster,
         *("install", release, str(CHART), "--namespace", ns),
-        *install.helm_values(operator_image, watch=[ns]),
+        *install.helm_values(operator_image, workload_tag, watch=[ns]),
         *("--set", "storage.allowNodePaths=true"),  # other tests of the session name paths
         *("--take-ownership", "--force-conflicts", "--wait", "--timeout", "240s"),
     )
@@ -159,8 +164,12 @@ def chart_on_real_node(dev_cluster: DevCluster, operator_image: str, release: st
 
 @pytest.fixture
 def dev_s3(dev_cluster: DevCluster, real_node: str, namespace: str) -> S3:  # noqa: F811
-    """A fresh bucket in the dev cluster's object store, and a Secret `s3` in the test's
-    namespace with the AWS variables a pod needs to reach it by the Service's name."""
+    return bucket_with_secret(dev_cluster, namespace)
+
+
+def bucket_with_secret(dev_cluster: DevCluster, namespace: str) -> S3:  # noqa: F811
+    """A fresh bucket in the dev cluster's object store, and a Secret `s3` in
+    ``namespace`` with the AWS variables a pod needs to reach it by the Service's name."""
     env = nodestorage.s3_env(dev_cluster.home, nodestorage.host_endpoint())
     s3 = S3(nodestorage.host_endpoint(), f"e2e-{uuid.uuid4().hex[:8]}", env)
     s3.client().create_bucket(Bucket=s3.bucket)

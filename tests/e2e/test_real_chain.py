@@ -1,11 +1,13 @@
-"""samples/local/chain.yaml in real pods on the real node: raw text to a quantized model.
+"""samples/local/ in real pods on the real node: raw text to an endpoint that answers,
+with the two faults a cluster deals out mid-run.
 
-The operator (a process, node paths refused) resolves each stage's fromRef from the
-previous stage's status, so the four resources are applied at once, as a user would.
-Every pod pulls its image from the dev registry, reads the object store through its
-Service name, and writes to the claim the provisioner made; the outcomes asserted are
-the artifacts themselves and the metrics the pods reported in their termination
-messages.
+One run of the chain (it takes minutes on two cores) serves every test here. The chart
+installs the operator as a pod; the five resources are applied at once, as a user
+would, and each waits for its fromRef. While they run, the training pod is deleted
+once its first checkpoint is on the claim, and later the operator pod is deleted while
+the FineTune runs. The tests then judge what the run left: the artifacts on the claim,
+the metrics the pods reported in their termination messages, the children the
+operators created, and the router's answers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +28,14 @@ from kubernetes import client
 from modelsmith.contract import COMPLETION_MARKER
 from modelsmith.devcluster import samplecorpus
 from modelsmith.devcluster.cluster import DevCluster
+from modelsmith.devcluster.nodeconfig import NODE_NAME
+from tests.e2e.conftest import bucket_with_secret, chart_on_real_node
 from tests.helpers import wait_for
 from tests.integration.claims import sample_claim
-from tests.integration.operator_process import OperatorProcess, operator_process
-from tests.workloads.s3 import S3
 
 pytestmark = pytest.mark.integration
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "local"
-SAMPLE = SAMPLES / "chain.yaml"
 API_KEY = "local-chat-test-key"
 GROUP = ("modelsmith.io", "v1alpha1")
 PLURALS = {
@@ -41,46 +43,50 @@ PLURALS = {
     "PretrainJob": "pretrainjobs",
     "FineTune": "finetunes",
     "QuantizeJob": "quantizejobs",
+    "InferenceService": "inferenceservices",
 }
 IMAGE_OF = {
     "DataPipeline": "data",
     "PretrainJob": "trainer",
     "FineTune": "trainer",
     "QuantizeJob": "quantizer",
+    "InferenceService": "server",
 }
+OPERATOR_PODS = "app.kubernetes.io/name=modelsmith"
 
 
-@pytest.fixture
-def chain_operator(
-    dev_cluster: DevCluster,
-    crds: list[str],
-    namespace: str,
-    tmp_path: Path,
-    pushed: dict[str, str],
-) -> Iterator[OperatorProcess]:
-    # The router runs the operator image: the one built from this checkout.
-    registry, tag = pushed["operator"].rsplit("/operator:", 1)
-    env = {
-        "MODELSMITH_ALLOW_NODE_PATHS": "false",
-        "MODELSMITH_IMAGE_REGISTRY": registry,
-        "MODELSMITH_IMAGE_TAG": tag,
-    }
-    args = (f"--namespace={namespace}", "--metrics-port=0")
-    with operator_process(dev_cluster.kubeconfig, tmp_path / "op.log", *args, env=env) as op:
-        yield op
+@dataclass
+class ChainRun:
+    """What the run left behind, for the tests to judge."""
+
+    namespace: str
+    corpus: list[str]
+    root: Path
+    """The claim's directory on the node (the provisioner's hostPath)."""
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deleted_training_pod: str = ""
+    checkpoint_step_at_deletion: int = 0
+    deleted_operator_pod: str = ""
+    replacement_operator_pod: str = ""
+    jobs_by_owner: dict[str, list[str]] = field(default_factory=dict)
+    pods: list[client.V1Pod] = field(default_factory=list)
+    unauthorized: int = 0
+    answer: dict[str, Any] = field(default_factory=dict)
 
 
 def local_chain(bucket: str, secret: str, images: dict[str, str]) -> list[dict[str, Any]]:
-    """The sample as written, pointed at the test's bucket and Secret, with the images
+    """The samples as written, pointed at the test's bucket and Secret, with the images
     built from this checkout (a chart install sets these as the operator's defaults)."""
-    text = SAMPLE.read_text().replace("modelsmith-local/", f"{bucket}/")
-    docs = [d for d in yaml.safe_load_all(text.replace("modelsmith-s3", secret)) if d]
+    text = (SAMPLES / "chain.yaml").read_text() + "---\n"
+    text += (SAMPLES / "inferenceservice.yaml").read_text()
+    text = text.replace("modelsmith-local/", f"{bucket}/").replace("modelsmith-s3", secret)
+    docs = [d for d in yaml.safe_load_all(text) if d]
     for doc in docs:
         doc["spec"]["image"] = images[IMAGE_OF[doc["kind"]]]
     return docs
 
 
-def _status(kind: str, namespace: str, name: str) -> dict[str, Any]:
+def _status(namespace: str, kind: str, name: str) -> dict[str, Any]:
     obj = client.CustomObjectsApi().get_namespaced_custom_object(
         *GROUP, namespace, PLURALS[kind], name
     )
@@ -88,11 +94,11 @@ def _status(kind: str, namespace: str, name: str) -> dict[str, Any]:
     return status
 
 
-def _finished(doc: dict[str, Any], namespace: str, op: OperatorProcess) -> dict[str, Any]:
+def _finished(namespace: str, doc: dict[str, Any]) -> dict[str, Any]:
     kind, name = doc["kind"], doc["metadata"]["name"]
 
     def ended() -> dict[str, Any] | None:
-        status = _status(kind, namespace, name)
+        status = _status(namespace, kind, name)
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
     # The first torch pod pulls ~6 GB into the node; training runs on two CPU cores.
@@ -105,55 +111,62 @@ def _finished(doc: dict[str, Any], namespace: str, op: OperatorProcess) -> dict[
     return status
 
 
-def test_the_local_chain_runs_in_real_pods(
-    chain_operator: OperatorProcess,
-    namespace: str,
-    pushed: dict[str, str],
-    dev_s3: S3,
-) -> None:
+def _claim_root(namespace: str) -> Path:
     core = client.CoreV1Api()
-    core.create_namespaced_persistent_volume_claim(namespace, sample_claim())
-    texts = samplecorpus.corpus()  # what the demo uploads: the stdlib's docstrings
-    dev_s3.put("raw/corpus.jsonl", samplecorpus.jsonl([{"text": t} for t in texts]))
-    dev_s3.put("chat/train.jsonl", samplecorpus.jsonl(samplecorpus.chat_set()))
-    images = {name: pushed[name] for name in set(IMAGE_OF.values())}
-    chain = local_chain(dev_s3.bucket, "s3", images)
-    api = client.CustomObjectsApi()
-    for doc in reversed(chain):  # downstream first: each waits for its input
-        api.create_namespaced_custom_object(*GROUP, namespace, PLURALS[doc["kind"]], doc)
-    data, pretrain, finetune, quantize = (_finished(d, namespace, chain_operator) for d in chain)
 
-    # The shards are on the claim, with the token count the status reports.
-    claim = core.read_namespaced_persistent_volume_claim("modelsmith-artifacts", namespace)
-    root = Path(core.read_persistent_volume(claim.spec.volume_name).spec.host_path.path)
-    shards = root / "shards" / "local-corpus"
-    assert (shards / COMPLETION_MARKER).is_file()
-    index = json.loads((shards / "index.json").read_text())
-    assert data["outputs"]["metrics"]["tokens"] == index["tokens"] > 0
-    counts = data["outputs"]["metrics"]
-    assert counts["documents_in"] == len(texts)
-    assert counts["documents_out"] <= len(set(texts)), "copied docstrings are gone"
+    def bound() -> str | None:
+        claim = core.read_namespaced_persistent_volume_claim("modelsmith-artifacts", namespace)
+        return claim.spec.volume_name if claim.status.phase == "Bound" else None
 
-    # The model learned: a fresh model's loss is about ln(vocabulary); it fell well below.
-    metrics = pretrain["outputs"]["metrics"]
-    assert metrics["steps"] == 300
-    assert metrics["initial_loss"] == pytest.approx(math.log(index["vocabSize"]), abs=0.5)
-    assert metrics["loss"] < metrics["initial_loss"] - 1.0, metrics
-    assert (root / "models" / "local-llama" / COMPLETION_MARKER).is_file()
+    volume = wait_for(bound, timeout=300, interval=1, what="the artifacts claim to bind")
+    return Path(core.read_persistent_volume(volume).spec.host_path.path)
 
-    # Fine-tuning lowered the held-out loss of the chat set.
-    tuned = finetune["outputs"]["metrics"]
-    assert tuned["eval_loss"] < tuned["eval_loss_before"], tuned
 
-    # The quantized model passed its gate: the perplexity rose by less than allowed.
-    gate = quantize["outputs"]["metrics"]
-    assert gate["perplexity_increase_percent"] <= 10, gate
-    assert quantize["outputs"]["uri"] == "pvc://modelsmith-artifacts/models/local-llama-chat-int8"
+def _pods(namespace: str, selector: str) -> list[client.V1Pod]:
+    return list(client.CoreV1Api().list_namespaced_pod(namespace, label_selector=selector).items)
 
-    pods = core.list_namespaced_pod(namespace).items
-    assert {p.spec.node_name for p in pods} == {"modelsmith-node"}, "all real, none on kwok"
 
-    _serve_and_ask(namespace, pushed["server"])
+def _delete_training_pod_after_a_checkpoint(run: ChainRun) -> None:
+    """`kubectl delete pod` of the trainer once a checkpoint is committed: SIGTERM, the
+    grace period, a replacement pod from the Job."""
+    pointer = run.root / "models" / "local-llama-checkpoints" / "latest"
+    wait_for(pointer.is_file, timeout=900, interval=0.2, what=f"a checkpoint at {pointer}")
+    run.checkpoint_step_at_deletion = int(pointer.read_text().strip().removeprefix("step-"))
+    (pod,) = _pods(run.namespace, "modelsmith.io/pretrainjob=local-llama")
+    run.deleted_training_pod = pod.metadata.name
+    client.CoreV1Api().delete_namespaced_pod(pod.metadata.name, run.namespace)
+
+
+def _delete_operator_pod_during_finetune(run: ChainRun) -> None:
+    def finetune_running() -> bool:
+        pods = _pods(run.namespace, "modelsmith.io/finetune=local-llama-chat")
+        return any(p.status.phase == "Running" for p in pods)
+
+    wait_for(finetune_running, timeout=900, interval=0.5, what="the FineTune pod to run")
+    (pod,) = [p for p in _pods(run.namespace, OPERATOR_PODS) if not p.metadata.deletion_timestamp]
+    run.deleted_operator_pod = pod.metadata.name
+    client.CoreV1Api().delete_namespaced_pod(pod.metadata.name, run.namespace)
+
+    def replacement() -> str | None:
+        for p in _pods(run.namespace, OPERATOR_PODS):
+            statuses = p.status.container_statuses or []
+            if p.metadata.name != pod.metadata.name and statuses and statuses[0].ready:
+                return str(p.metadata.name)
+        return None
+
+    run.replacement_operator_pod = wait_for(replacement, timeout=300, what="a new operator pod")
+
+
+def _children(namespace: str) -> dict[str, list[str]]:
+    """Jobs and Deployments by owner ("Kind/name"): what the operators created."""
+    owned: dict[str, list[str]] = {}
+    batch, apps = client.BatchV1Api(), client.AppsV1Api()
+    objects = [*batch.list_namespaced_job(namespace).items]
+    objects += apps.list_namespaced_deployment(namespace).items
+    for obj in objects:
+        for ref in obj.metadata.owner_references or []:
+            owned.setdefault(f"{ref.kind}/{ref.name}", []).append(obj.metadata.name)
+    return owned
 
 
 def _post(url: str, body: dict[str, Any], key: str | None) -> tuple[int, dict[str, Any]]:
@@ -168,34 +181,15 @@ def _post(url: str, body: dict[str, Any], key: str | None) -> tuple[int, dict[st
         return err.code, json.loads(err.read() or b"{}")
 
 
-def _serve_and_ask(namespace: str, server_image: str) -> None:
-    """samples/local/inferenceservice.yaml: the quantized model behind the router, asked
-    through the router's pod (the host reaches pod IPs; ClusterIPs live in the node)."""
-    core = client.CoreV1Api()
-    secret = {"metadata": {"name": "local-chat-key"}, "stringData": {"api-key": API_KEY}}
-    core.create_namespaced_secret(namespace, secret)
-    isvc = yaml.safe_load((SAMPLES / "inferenceservice.yaml").read_text())
-    isvc["spec"]["image"] = server_image
-    api = client.CustomObjectsApi()
-    api.create_namespaced_custom_object(*GROUP, namespace, "inferenceservices", isvc)
-
-    def ready() -> dict[str, Any] | None:
-        obj = api.get_namespaced_custom_object(*GROUP, namespace, "inferenceservices", "local-chat")
-        status: dict[str, Any] = obj.get("status", {})
-        return status if status.get("phase") == "Ready" else None
-
-    wait_for(ready, timeout=600, interval=2, what="the InferenceService to be Ready")
+def _ask(run: ChainRun) -> None:
+    """A chat completion through the router, at its pod IP (the host reaches pod IPs;
+    ClusterIPs live in the node's network namespace)."""
 
     def router_ip() -> str | None:
-        pods = core.list_namespaced_pod(
-            namespace, label_selector="app.kubernetes.io/component=router"
-        ).items
-        ready_pods = [
-            p
-            for p in pods
-            if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-        ]
-        return ready_pods[0].status.pod_ip if ready_pods else None
+        for pod in _pods(run.namespace, "app.kubernetes.io/component=router"):
+            if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
+                return str(pod.status.pod_ip)
+        return None
 
     url = f"http://{wait_for(router_ip, timeout=120, what='a Ready router pod')}:8080"
     body = {
@@ -203,10 +197,109 @@ def _serve_and_ask(namespace: str, server_image: str) -> None:
         "messages": [{"role": "user", "content": "What does json.dumps do?"}],
         "max_tokens": 24,
     }
-    code, _ = _post(f"{url}/v1/chat/completions", body, None)
-    assert code == 401, "the API key is enforced"
-    code, answer = _post(f"{url}/v1/chat/completions", body, API_KEY)
-    assert code == 200, answer
-    assert answer["usage"]["completion_tokens"] > 0, answer
-    assert answer["choices"][0]["message"]["content"], answer
-    print("the model trained minutes earlier answers:", answer["choices"][0]["message"]["content"])
+    run.unauthorized, _ = _post(f"{url}/v1/chat/completions", body, None)
+    code, run.answer = _post(f"{url}/v1/chat/completions", body, API_KEY)
+    assert code == 200, run.answer
+
+
+@pytest.fixture(scope="module")
+def chain(dev_cluster: DevCluster, crds: list[str], pushed: dict[str, str]) -> Iterator[ChainRun]:
+    operator = pushed["operator"]  # the router runs it too: its tag is the workloads' default
+    tag = operator.rsplit(":", 1)[1]
+    with chart_on_real_node(dev_cluster, operator, "chain", workload_tag=tag) as ns:
+        core = client.CoreV1Api()
+        core.create_namespaced_persistent_volume_claim(ns, sample_claim())
+        secret = {"metadata": {"name": "local-chat-key"}, "stringData": {"api-key": API_KEY}}
+        core.create_namespaced_secret(ns, secret)
+        s3 = bucket_with_secret(dev_cluster, ns)
+        texts = samplecorpus.corpus()  # what the demo uploads: the stdlib's docstrings
+        s3.put("raw/corpus.jsonl", samplecorpus.jsonl([{"text": t} for t in texts]))
+        s3.put("chat/train.jsonl", samplecorpus.jsonl(samplecorpus.chat_set()))
+        docs = local_chain(s3.bucket, "s3", {name: pushed[name] for name in IMAGE_OF.values()})
+        api = client.CustomObjectsApi()
+        for doc in reversed(docs):  # downstream first: each waits for its input
+            api.create_namespaced_custom_object(*GROUP, ns, PLURALS[doc["kind"]], doc)
+
+        run = ChainRun(ns, texts, _claim_root(ns))
+        _delete_training_pod_after_a_checkpoint(run)
+        _delete_operator_pod_during_finetune(run)
+        for doc in docs[:-1]:
+            run.status[doc["kind"]] = _finished(ns, doc)
+
+        def ready() -> dict[str, Any] | None:
+            status = _status(ns, "InferenceService", "local-chat")
+            return status if status.get("phase") == "Ready" else None
+
+        run.status["InferenceService"] = wait_for(
+            ready, timeout=600, interval=2, what="the InferenceService to be Ready"
+        )
+        _ask(run)
+        run.jobs_by_owner = _children(ns)
+        run.pods = list(core.list_namespaced_pod(ns).items)
+        yield run
+
+
+def test_the_chain_publishes_real_artifacts_in_real_pods(chain: ChainRun) -> None:
+    data = chain.status["DataPipeline"]
+    shards = chain.root / "shards" / "local-corpus"
+    assert (shards / COMPLETION_MARKER).is_file()
+    index = json.loads((shards / "index.json").read_text())
+    counts = data["outputs"]["metrics"]
+    assert counts["tokens"] == index["tokens"] > 0
+    assert counts["documents_in"] == len(chain.corpus)
+    assert counts["documents_out"] <= len(set(chain.corpus)), "copied docstrings are gone"
+
+    # The model learned: a fresh model's loss is about ln(vocabulary); it fell well below.
+    metrics = chain.status["PretrainJob"]["outputs"]["metrics"]
+    assert metrics["steps"] == 300
+    assert metrics["initial_loss"] == pytest.approx(math.log(index["vocabSize"]), abs=0.5)
+    assert metrics["loss"] < metrics["initial_loss"] - 1.0, metrics
+    assert (chain.root / "models" / "local-llama" / COMPLETION_MARKER).is_file()
+
+    tuned = chain.status["FineTune"]["outputs"]["metrics"]
+    assert tuned["eval_loss"] < tuned["eval_loss_before"], tuned
+
+    quantized = chain.status["QuantizeJob"]["outputs"]
+    assert quantized["metrics"]["perplexity_increase_percent"] <= 10, quantized
+    assert quantized["uri"] == "pvc://modelsmith-artifacts/models/local-llama-chat-int8"
+    assert (chain.root / "models" / "local-llama-chat-int8" / COMPLETION_MARKER).is_file()
+
+    assert {p.spec.node_name for p in chain.pods} == {NODE_NAME}, "all real, none on kwok"
+
+
+def test_a_deleted_training_pod_is_replaced_and_resumes_from_its_checkpoint(
+    chain: ChainRun,
+) -> None:
+    status = chain.status["PretrainJob"]
+    assert chain.checkpoint_step_at_deletion >= 100
+    # The replacement read the checkpoint the first pod left on the claim (its own, or
+    # the one SIGTERM made it save on the way out), not step 0.
+    resumed = status["outputs"]["metrics"]["resumed_from_step"]
+    assert chain.checkpoint_step_at_deletion <= resumed < 300, status["outputs"]
+    trainers = [p for p in chain.pods if p.metadata.labels.get("modelsmith.io/pretrainjob")]
+    assert chain.deleted_training_pod not in {p.metadata.name for p in trainers}
+    assert status["restarts"] >= 1, status
+
+
+def test_a_deleted_operator_pod_is_replaced_and_creates_no_duplicates(chain: ChainRun) -> None:
+    assert chain.replacement_operator_pod != chain.deleted_operator_pod
+    expected = {
+        "DataPipeline/local-corpus": 1,
+        "PretrainJob/local-llama": 1,  # one Job: its pods were retried, not it
+        "FineTune/local-llama-chat": 1,
+        "QuantizeJob/local-llama-chat-int8": 1,
+        "InferenceService/local-chat": 2,  # one revision's Deployment and the router's
+    }
+    found = {owner: len(chain.jobs_by_owner.get(owner, [])) for owner in expected}
+    assert found == expected, chain.jobs_by_owner
+
+
+def test_the_endpoint_answers_with_the_trained_model_and_enforces_its_key(
+    chain: ChainRun,
+) -> None:
+    assert chain.unauthorized == 401
+    assert chain.answer["model"] == "local-chat"
+    assert chain.answer["usage"]["completion_tokens"] > 0, chain.answer
+    content = chain.answer["choices"][0]["message"]["content"]
+    assert content, chain.answer
+    print("the model trained minutes earlier answers:", content)
