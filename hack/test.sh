@@ -13,5 +13,8 @@ ruff format --check operator images/runtime tests bench
 echo "== mypy --strict"; mypy
 echo "== generated files"; modelsmith crds --check
 echo "== pytest"
-# pytest exits 5 when it collected nothing; set -e turns that into a failure too.
-python -m pytest --durations=25 "$@"
+# Two workers (tests/conftest.py says who runs what): the cluster tiers wait on pods and
+# the API server while the workload tests use the CPU. MODELSMITH_TEST_WORKERS=0 runs
+# everything in this one process (pdb, -s). pytest exits 5 when it collected nothing;
+# set -e turns that into a failure too.
+python -m pytest -n "${MODELSMITH_TEST_WORKERS:-2}" --dist loadgroup --durations=25 "$@"
