@@ -13,6 +13,7 @@ import httpx
 import pytest
 from kubernetes import client
 
+from modelsmith.devcluster import nodestorage
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.nodeconfig import KWOK_POD_CIDR
 from tests.e2e.conftest import chart_on_real_node, pod_on_node, wait_phase
@@ -148,3 +149,22 @@ def test_the_operator_installed_by_the_chart_is_scraped_as_its_service_monitor_s
     assert series["metric"]["pod"].startswith("prom-modelsmith-")
     up = _series(dev_cluster.prometheus_url, f'up{{job="modelsmith-operator",namespace="{ns}"}}')
     assert [s["value"][1] for s in up] == ["1"]
+
+
+def test_pods_query_prometheus_by_its_service_name(
+    core: client.CoreV1Api, namespace: str, pushed: dict[str, str]
+) -> None:
+    """What the chart-installed operator's canary analyses do: the HTTP API, by the
+    Service's name, from a pod on the real node."""
+    url = nodestorage.prometheus_pod_url()
+    script = (
+        "import json, urllib.request\n"
+        f"r = urllib.request.urlopen({url + '/api/v1/query?query=up'!r}, timeout=10)\n"
+        "print(json.load(r)['status'])\n"
+    )
+    pod = pod_on_node("prom-client", pushed["python-base"], ["-c", script], command=["python3"])
+    core.create_namespaced_pod(namespace, pod)
+    done = wait_phase(core, namespace, "prom-client", {"Succeeded", "Failed"})
+    logs = core.read_namespaced_pod_log("prom-client", namespace)
+    assert done.status.phase == "Succeeded", logs
+    assert logs.strip() == "success"

@@ -294,3 +294,21 @@ def test_dev_install_values_put_the_operator_on_the_real_node(dev_cluster: DevCl
         "localhost:5000/modelsmith",
         tag,
     )
+    assert env["MODELSMITH_PROMETHEUS_URL"] == (
+        "http://prometheus.modelsmith-dev.svc.cluster.local:9090"
+    )
+
+
+def test_the_canary_prometheus_is_named_only_when_given(dev_cluster: DevCluster) -> None:
+    def env(*sets: str) -> dict[str, str | None]:
+        deploy = next(d for d in _render(dev_cluster, *sets) if d["kind"] == "Deployment")
+        container = deploy["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert "MODELSMITH_PROMETHEUS_URL" not in env()  # the operator then says why it pauses
+    url = "http://prometheus-operated.monitoring.svc:9090"
+    assert env(f"canary.prometheusUrl={url}")["MODELSMITH_PROMETHEUS_URL"] == url
+    argv = ["template", "ms", str(CHART), "--set", "canary.prometheusUrl=prometheus:9090"]
+    proc = helm(dev_cluster, *argv, check=False)
+    assert proc.returncode != 0
+    assert "canary.prometheusUrl" in proc.stderr or "prometheusUrl" in proc.stderr, proc.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
+
 from modelsmith.builders.storage import OPTIONAL_KEYS, REQUIRED_KEYS
 from modelsmith.devcluster import nodestorage
 from modelsmith.devcluster.components import NODE_IP, Ports
@@ -18,17 +20,35 @@ def test_the_storage_class_is_the_default_and_binds_where_the_pod_lands() -> Non
     assert sc["reclaimPolicy"] == "Delete"
 
 
-def test_the_object_store_service_leads_to_the_node_address() -> None:
-    namespace, service, endpoints = nodestorage.object_store_service()
-    assert namespace["metadata"]["name"] == nodestorage.DEV_NAMESPACE
+@pytest.mark.parametrize(
+    ("name", "pod_url"),
+    [
+        ("objectstore", "http://objectstore.modelsmith-dev.svc.cluster.local:9000"),
+        ("prometheus", "http://prometheus.modelsmith-dev.svc.cluster.local:9090"),
+    ],
+)
+def test_the_node_services_lead_to_the_node_address(name: str, pod_url: str) -> None:
+    docs = nodestorage.manifests()
+    (namespace,) = [d for d in docs if d["kind"] == "Namespace"]
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name]
+    (endpoints,) = [
+        d
+        for d in docs
+        if d["kind"] == "EndpointSlice"
+        and d["metadata"]["labels"]["kubernetes.io/service-name"] == name
+    ]
+    assert namespace["metadata"]["name"] == service["metadata"]["namespace"]
+    assert service["metadata"]["namespace"] == nodestorage.DEV_NAMESPACE
     assert "selector" not in service["spec"]  # no pod behind it: the slice says where
-    labels = endpoints["metadata"]["labels"]
-    assert labels["kubernetes.io/service-name"] == service["metadata"]["name"]
     assert endpoints["endpoints"][0]["addresses"] == [NODE_IP]
     assert endpoints["ports"][0]["port"] == service["spec"]["ports"][0]["port"]
-    assert nodestorage.pod_endpoint() == (
-        "http://objectstore.modelsmith-dev.svc.cluster.local:9000"
-    )
+    urls = {
+        "objectstore": nodestorage.pod_endpoint(),
+        "prometheus": nodestorage.prometheus_pod_url(),
+    }
+    assert urls[name] == pod_url
+    # Namespace first: `kubectl apply` of the list creates it before what lives in it.
+    assert docs.index(namespace) < docs.index(service)
 
 
 def test_the_provisioner_is_bound_to_its_own_user() -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelsmith.devcluster import images, tools
+from modelsmith.devcluster import images, nodestorage, tools
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.nodeconfig import LABEL, REGISTRY_IN_NODE, TAINT_KEY
@@ -52,6 +52,8 @@ def helm_values(
         *("--set", f"image.repository={repository}", "--set", f"image.tag={tag}"),
         *("--set-string", f"nodeSelector.{escaped}=true"),
         *("--set", f"tolerations[0].key={TAINT_KEY}", "--set", "tolerations[0].operator=Exists"),
+        # The dev Prometheus scrapes the router pods on the real node: canaries analyse.
+        *("--set", f"canary.prometheusUrl={nodestorage.prometheus_pod_url()}"),
     ]
     if workload_tag:
         flags += ["--set", f"workloadImages.registry={REGISTRY_IN_NODE}/modelsmith"]

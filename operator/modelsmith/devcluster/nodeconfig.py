@@ -62,6 +62,10 @@ class NodePaths:
         return self.run / "registry.sock"
 
     @property
+    def prometheus_sock(self) -> Path:
+        return self.run / "prometheus.sock"
+
+    @property
     def kubelet_root(self) -> Path:
         return self.home / "kubelet"
 

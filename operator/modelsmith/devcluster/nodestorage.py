@@ -37,6 +37,10 @@ OBJECT_STORE_SERVICE = "objectstore"
 OBJECT_STORE_PORT = 9000
 OBJECT_STORE_REGION = "us-east-1"
 MANAGED_BY = "modelsmith-dev"
+PROMETHEUS_SERVICE = "prometheus"
+PROMETHEUS_PORT = 9090
+"""Where the dev Prometheus answers in the node (a socat bridge to the host's loopback):
+the operator pod's canary analyses query it by the Service's name."""
 
 
 def volumes_root(cluster_home: Path) -> Path:
@@ -50,6 +54,11 @@ def objects_root(cluster_home: Path) -> Path:
 def host_endpoint() -> str:
     """The object store as the host reaches it (the node's address, routed by the veth)."""
     return f"http://{NODE_IP}:{OBJECT_STORE_PORT}"
+
+
+def prometheus_pod_url() -> str:
+    """The dev Prometheus as pods reach it (the chart's canary.prometheusUrl)."""
+    return f"http://{PROMETHEUS_SERVICE}.{DEV_NAMESPACE}.svc.cluster.local:{PROMETHEUS_PORT}"
 
 
 def pod_endpoint() -> str:
@@ -146,45 +155,52 @@ def provisioner_rbac() -> list[dict[str, Any]]:
     ]
 
 
-def object_store_service() -> list[dict[str, Any]]:
-    """A Service without a selector and the EndpointSlice behind it: the store is a
-    process of the node, not a pod, as an external database is to a user's cluster."""
+def node_service(name: str, port_name: str, port: int) -> list[dict[str, Any]]:
+    """A Service without a selector and the EndpointSlice behind it, for a process of
+    the node (not a pod) on ``port`` of its address, as an external database is to a
+    user's cluster."""
     meta = {"namespace": DEV_NAMESPACE, "labels": _labels()}
     return [
         {
             "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": DEV_NAMESPACE, "labels": _labels()},
-        },
-        {
-            "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": OBJECT_STORE_SERVICE, **meta},
-            "spec": {
-                "ports": [{"name": "s3", "port": OBJECT_STORE_PORT, "protocol": "TCP"}],
-            },
+            "metadata": {"name": name, **meta},
+            "spec": {"ports": [{"name": port_name, "port": port, "protocol": "TCP"}]},
         },
         {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {
-                "name": f"{OBJECT_STORE_SERVICE}-node",
+                "name": f"{name}-node",
                 "namespace": DEV_NAMESPACE,
                 "labels": {
                     **_labels(),
-                    "kubernetes.io/service-name": OBJECT_STORE_SERVICE,
+                    "kubernetes.io/service-name": name,
                     "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
                 },
             },
             "addressType": "IPv4",
             "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
-            "ports": [{"name": "s3", "port": OBJECT_STORE_PORT, "protocol": "TCP"}],
+            "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
         },
     ]
 
 
 def manifests() -> list[dict[str, Any]]:
-    return [storage_class(), *provisioner_rbac(), *object_store_service()]
+    """The storage class, its provisioner's RBAC, and the object store and Prometheus
+    as Services of the dev namespace."""
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": DEV_NAMESPACE, "labels": _labels()},
+    }
+    return [
+        storage_class(),
+        *provisioner_rbac(),
+        namespace,
+        *node_service(OBJECT_STORE_SERVICE, "s3", OBJECT_STORE_PORT),
+        *node_service(PROMETHEUS_SERVICE, "http", PROMETHEUS_PORT),
+    ]
 
 
 def _http_ok(url: str) -> bool:

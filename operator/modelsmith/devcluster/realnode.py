@@ -178,6 +178,7 @@ class RealNode:
     def processes(self, files: dict[str, Path]) -> list[NodeProcess]:
         """The node's processes in start order (each needs the ones before it)."""
         p, api, reg = self.paths, self.ports.apiserver, self.ports.registry
+        prom = nodestorage.PROMETHEUS_PORT
         socat = shutil.which("socat") or "socat"
         k8s = tools.KUBE_NODE
         kubelet = str(tools.binary(k8s, "kubelet"))
@@ -224,6 +225,30 @@ class RealNode:
                 ),
                 socat,
                 lambda: self._node_port_open(5000),
+            ),
+            # The dev Prometheus, for the operator pod's canary analyses: on the node's
+            # address (the Service `prometheus` of the dev namespace leads there).
+            NodeProcess(
+                "prometheus-bridge",
+                [
+                    socat,
+                    f"UNIX-LISTEN:{p.prometheus_sock},fork,unlink-early,mode=600",
+                    f"TCP:127.0.0.1:{self.ports.prometheus}",
+                ],
+                socat,
+                p.prometheus_sock.exists,
+            ),
+            NodeProcess(
+                "prometheus-bridge-node",
+                nodenet.nsenter(
+                    [
+                        socat,
+                        f"TCP-LISTEN:{prom},bind={NODE_IP},fork,reuseaddr",
+                        f"UNIX-CONNECT:{p.prometheus_sock}",
+                    ]
+                ),
+                socat,
+                lambda: self._node_port_open(prom, NODE_IP),
             ),
             NodeProcess(
                 "containerd",
@@ -275,9 +300,9 @@ class RealNode:
         )
         return done.returncode == 0
 
-    def _node_port_open(self, port: int) -> bool:
+    def _node_port_open(self, port: int, host: str = "127.0.0.1") -> bool:
         return self._in_node(
-            f"import socket; socket.create_connection(('127.0.0.1', {port}), 1).close()"
+            f"import socket; socket.create_connection(({host!r}, {port}), 1).close()"
         )
 
     def _node_http_ok(self, url: str) -> bool:
