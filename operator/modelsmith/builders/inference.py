@@ -444,7 +444,9 @@ def desired_router(
         "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "http"}, "periodSeconds": 2},
         "livenessProbe": {"httpGet": {"path": "/-/healthy", "port": "http"}, "periodSeconds": 10},
         "resources": {
-            "requests": {"cpu": "250m", "memory": "128Mi"},
+            # A proxy that waits on its upstreams: 100m, so two routers and two serving
+            # revisions fit a 2-core node next to the batch stage of a second chain.
+            "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"memory": "256Mi"},
         },
         "securityContext": {
