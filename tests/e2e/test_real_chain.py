@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ from modelsmith.devcluster.nodeconfig import NODE_NAME
 from tests.e2e.conftest import bucket_with_secret, chart_on_real_node
 from tests.helpers import wait_for
 from tests.integration.claims import sample_claim
+from tests.workloads.canary_stack import broken_model
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +78,7 @@ class ChainRun:
     pods: list[client.V1Pod] = field(default_factory=list)
     unauthorized: int = 0
     answer: dict[str, Any] = field(default_factory=dict)
+    router_url: str = ""
 
 
 def local_chain(bucket: str, secret: str, images: dict[str, str]) -> list[dict[str, Any]]:
@@ -178,7 +185,11 @@ def _post(url: str, body: dict[str, Any], key: str | None) -> tuple[int, dict[st
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (pod IP)
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw or b"{}")
+        except ValueError:  # a proxy's or server's plain-text error page
+            return err.code, {"body": raw.decode(errors="replace")}
 
 
 def _ask(run: ChainRun) -> None:
@@ -192,6 +203,7 @@ def _ask(run: ChainRun) -> None:
         return None
 
     url = f"http://{wait_for(router_ip, timeout=120, what='a Ready router pod')}:8080"
+    run.router_url = url
     body = {
         "model": "local-chat",
         "messages": [{"role": "user", "content": "What does json.dumps do?"}],
@@ -303,3 +315,139 @@ def test_the_endpoint_answers_with_the_trained_model_and_enforces_its_key(
     content = chain.answer["choices"][0]["message"]["content"]
     assert content, chain.answer
     print("the model trained minutes earlier answers:", content)
+
+
+CANARY_SAMPLE = yaml.safe_load((SAMPLES / "canary.yaml").read_text())["spec"]
+CANARY = CANARY_SAMPLE["canary"]
+ANALYSIS_S = int(CANARY["analysisInterval"].removesuffix("s"))
+SCRAPE_S = 5  # the dev Prometheus's scrape interval (prometheus.DEV_INTERVAL)
+
+
+class Load:
+    """Chat completions through the router, one after another, from a thread: what a
+    client saw while the weights moved (status codes, and when the first error came)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = f"{url}/v1/chat/completions"
+        self.codes: Counter[int] = Counter()
+        self.first_error_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        body = {"model": "local-chat", "messages": [{"role": "user", "content": "hi"}]}
+        body["max_tokens"] = 4
+        while not self._stop.is_set():
+            try:
+                code, _ = _post(self.url, body, API_KEY)
+            except (OSError, ValueError):
+                code = 0  # the connection failed: a failed request too
+            self.codes[code] += 1
+            if code != 200 and self.first_error_at is None:
+                self.first_error_at = time.time()
+            time.sleep(0.1)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=90)
+
+
+@dataclass
+class Rollout:
+    status: dict[str, Any]
+    codes: Counter[int]
+    first_error_at: float | None
+    old_revision: str
+    deployments: set[str]
+    """The Deployments once the rollout ended."""
+
+
+def _roll_out(run: ChainRun, model: dict[str, Any], stage: str) -> Rollout:
+    """Apply a new model with the canary spec under load; wait for the rollout's end."""
+    api = client.CustomObjectsApi()
+    old = _status(run.namespace, "InferenceService", "local-chat")["stableRevision"]
+    patch = {"spec": {"model": model, "canary": CANARY}}
+    with Load(run.router_url) as load:
+        time.sleep(2)  # the stable revision answers before anything moves
+        api.patch_namespaced_custom_object(
+            *GROUP, run.namespace, "inferenceservices", "local-chat", patch
+        )
+
+        def ended() -> dict[str, Any] | None:
+            status = _status(run.namespace, "InferenceService", "local-chat")
+            canary = status.get("canary") or {}
+            done = canary.get("revision") != old and canary.get("stage") in (
+                "Promoted",
+                "RolledBack",
+            )
+            return status if done else None
+
+        status = wait_for(ended, timeout=600, interval=1, what=f"the canary to be {stage}")
+        time.sleep(5)  # the old revision goes away under load
+    print(f"canary {stage}:", json.dumps(status["canary"]["history"], indent=1))
+    names = {
+        d.metadata.name for d in client.AppsV1Api().list_namespaced_deployment(run.namespace).items
+    }
+    return Rollout(status, load.codes, load.first_error_at, old, names)
+
+
+@pytest.fixture(scope="module")
+def good_canary(chain: ChainRun) -> Rollout:
+    """The unquantized FineTune model as the next revision (samples/local/canary.yaml's
+    model and canary, applied over the running service): analysis promotes it."""
+    return _roll_out(chain, CANARY_SAMPLE["model"], "Promoted")
+
+
+@pytest.fixture(scope="module")
+def bad_canary(chain: ChainRun, good_canary: Rollout) -> Rollout:
+    """A corrupt copy of that model (NaN output layer: it loads, then every generation
+    fails), put on the claim as an upload would: analysis rolls it back alone."""
+    models = chain.root / "models"
+    broken_model(str(models / "local-llama-chat"), str(models / "local-llama-chat-broken"))
+    broken = models / "local-llama-chat-broken"
+    for path in [broken, *broken.rglob("*")]:  # as the pods' user (10001) would own it
+        shutil.chown(path, 10001, 10001)
+    uri = "pvc://modelsmith-artifacts/models/local-llama-chat-broken"
+    return _roll_out(chain, {"uri": uri}, "RolledBack")
+
+
+def test_a_good_canary_is_promoted_by_scraped_metrics_with_no_failed_request(
+    good_canary: Rollout,
+) -> None:
+    status = good_canary.status
+    canary = status["canary"]
+    assert canary["stage"] == "Promoted", canary
+    assert status["stableRevision"] == canary["revision"] != good_canary.old_revision
+    assert status["modelUri"] == "pvc://modelsmith-artifacts/models/local-llama-chat"
+    weights = [e["weight"] for e in canary["history"] if e["reason"] == "StepAdvanced"]
+    assert weights == [25, 50], canary["history"]
+    # Every analysis read a real value from Prometheus: the router's scraped series.
+    assert [c["verdict"] for c in canary["checks"]] == ["Pass"], canary["checks"]
+    assert canary["checks"][0]["value"] == 0.0
+    assert set(good_canary.codes) == {200}, good_canary.codes
+    assert good_canary.codes[200] > 20, "load ran through the rollout"
+    assert good_canary.old_revision not in good_canary.deployments, "the old revision is gone"
+    assert canary["revision"] in good_canary.deployments
+
+
+def test_a_bad_canary_is_rolled_back_by_analysis_within_two_intervals(
+    bad_canary: Rollout, good_canary: Rollout
+) -> None:
+    status = bad_canary.status
+    canary = status["canary"]
+    assert canary["stage"] == "RolledBack", canary
+    assert status["stableRevision"] == good_canary.status["stableRevision"], "stable stays"
+    assert status["phase"] == "Degraded"
+    (failed,) = [c for c in canary["checks"] if c["name"] == "errors"]
+    assert failed["verdict"] == "Fail" and failed["value"] > 0.05, failed
+    assert bad_canary.first_error_at is not None, "the broken model failed requests"
+    rolled = canary["history"][-1]  # the analysis that failed took the weight to 0
+    assert (rolled["reason"], rolled["weight"]) == ("AnalysisFailed", 0), canary["history"]
+    rolled_at = datetime.fromisoformat(rolled["time"].replace("Z", "+00:00")).timestamp()
+    # The breach shows in Prometheus at its next scrape; from there, two analyses.
+    assert rolled_at - bad_canary.first_error_at <= 2 * ANALYSIS_S + SCRAPE_S, canary["history"]
+    assert bad_canary.codes[200] > 0 and set(bad_canary.codes) <= {200, 500, 502}

@@ -202,14 +202,14 @@ def test_samples_are_accepted(
 
 
 LOCAL = [
-    d
-    for name in ("chain.yaml", "inferenceservice.yaml")
-    for d in yaml.safe_load_all((SAMPLES / "local" / name).read_text())
+    (f"{path.name}:{d['kind']}", d)
+    for path in sorted((SAMPLES / "local").glob("*.yaml"))
+    for d in yaml.safe_load_all(path.read_text())
     if d
 ]
 
 
-@pytest.mark.parametrize("doc", LOCAL, ids=[d["kind"] for d in LOCAL])
+@pytest.mark.parametrize("doc", [d for _, d in LOCAL], ids=[i for i, _ in LOCAL])
 def test_local_samples_are_accepted(
     dev_cluster: DevCluster, crds: list[str], namespace: str, doc: dict[str, Any]
 ) -> None:
