@@ -5,7 +5,9 @@
 # CPU: raw text in the object store -> cleaned, deduplicated, tokenized shards -> a tiny
 # Llama-style model pretrained for a minute -> a LoRA fine-tune on a chat set -> an int8
 # model that passed its perplexity gate, all on a claim the provisioner made -> that
-# model served behind the router, answering a chat completion (API key enforced).
+# model served behind the router, answering a chat completion (API key enforced) -> the
+# unquantized model rolled out as a canary that Prometheus analysis promotes, and a
+# corrupt one that it rolls back on its own.
 # The cluster is left running for you to explore; `modelsmith dev down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -110,6 +112,56 @@ echo "with the key, the model trained minutes ago answers 'What does json.dumps 
 curl -s -H "Authorization: Bearer $key" -H 'Content-Type: application/json' -d "$ask" \
   http://127.0.0.1:18080/v1/chat/completions |
   python3 -c 'import json, sys; r = json.load(sys.stdin); print("  " + repr(r["choices"][0]["message"]["content"]), "(" + str(r["usage"]["completion_tokens"]) + " tokens)")'
+
+# A client sending chat completions through the router the whole time: every status code
+# goes to a file, so each rollout can say how many requests failed while weights moved.
+codes=$(mktemp)
+( body='{"model": "local-chat", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}'
+  while true; do
+    curl -s -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer $key" \
+      -H 'Content-Type: application/json' -d "$body" http://127.0.0.1:18080/v1/chat/completions
+    sleep 0.1
+  done >>"$codes" 2>/dev/null ) &
+load=$!
+trap 'kill $forward $load 2>/dev/null || true' EXIT
+
+# Waits until a rollout that is not of revision $1 (the stable one before it) ends, then
+# prints its history and what the client saw meanwhile.
+canary_ends() {
+  local state
+  for _ in $(seq 300); do
+    state=$(kubectl get misvc local-chat -n "$ns" -o jsonpath='{.status.canary.revision} {.status.canary.stage}')
+    case "$state" in
+      "$1 "*) ;;
+      *" Promoted" | *" RolledBack") break ;;
+    esac
+    sleep 2
+  done
+  kubectl get misvc local-chat -n "$ns" -o jsonpath='{range .status.canary.history[*]}  {.time}  {.reason}, weight {.weight}%: {.message}{"\n"}{end}'
+  echo "=> $(kubectl get misvc local-chat -n "$ns" -o jsonpath='{.status.canary.stage}: {.status.canary.message}')"
+  echo "the client meanwhile: $(sort "$codes" | uniq -c | awk '{printf "%s x HTTP %s, ", $1, $2}')"
+  : >"$codes"
+}
+
+stage "canary: samples/local/canary.yaml, the unquantized model, analysed on real metrics"
+stable=$(kubectl get misvc local-chat -n "$ns" -o jsonpath='{.status.stableRevision}')
+: >"$codes"
+kubectl apply -n "$ns" -f samples/local/canary.yaml
+canary_ends "$stable"
+
+stage "canary: a corrupt model (NaN output layer), rolled back by the analysis alone"
+pv=$(kubectl get pvc modelsmith-artifacts -n "$ns" -o jsonpath='{.spec.volumeName}')
+models=$(kubectl get pv "$pv" -o jsonpath='{.spec.hostPath.path}')/models
+rm -rf "$models/local-llama-chat-broken"
+python -c 'import sys; from tests.workloads.canary_stack import broken_model; broken_model(*sys.argv[1:])' \
+  "$models/local-llama-chat" "$models/local-llama-chat-broken"
+chown -R 10001:10001 "$models/local-llama-chat-broken"  # as if a pod had uploaded it
+stable=$(kubectl get misvc local-chat -n "$ns" -o jsonpath='{.status.stableRevision}')
+: >"$codes"
+kubectl patch misvc local-chat -n "$ns" --type merge -p \
+  '{"spec": {"model": {"fromRef": null, "uri": "pvc://modelsmith-artifacts/models/local-llama-chat-broken"}}}'
+canary_ends "$stable"
+kill $load 2>/dev/null || true
 kubectl get modelsmith -n "$ns"
 kubectl get pods -n "$ns" -o wide
 stage ""
