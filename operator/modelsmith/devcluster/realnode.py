@@ -456,26 +456,26 @@ class RealNode:
 
     def down(self, log: Callable[[str], None], *, purge: bool = False) -> list[str]:
         """Stop the node and remove what only lives while it runs; check nothing is left."""
-        procs = {r.name: r for r in self.state.load()}
+        recorded = self.state.load()
+        procs = {r.name: r for r in recorded}
         stopped: list[str] = []
-        for name in ("provisioner", "objectstore", "coredns", "kube-proxy", "kubelet"):
+        # What uses the containers first, then the containers, then everything else the
+        # state names in reverse start order (containerd, the bridges): a process added
+        # to `processes` is stopped without being listed here.
+        users = ("provisioner", "objectstore", "coredns", "kube-proxy", "kubelet")
+        for name in users:
             if name in procs and is_alive(procs[name]):
                 log(f"stopping {name} (pid {procs[name].pid})")
                 stop(procs[name])
                 stopped.append(name)
         if "containerd" in procs and is_alive(procs["containerd"]):
-            self._remove_containers()
-        for name in (
-            "containerd",
-            "registry-bridge-node",
-            "registry-bridge",
-            "api-bridge-node",
-            "api-bridge",
-        ):
-            if name in procs and is_alive(procs[name]):
-                log(f"stopping {name} (pid {procs[name].pid})")
-                stop(procs[name])
-                stopped.append(name)
+            self._remove_containers(procs["containerd"])
+        for proc in reversed(recorded):
+            if proc.name not in users and is_alive(proc):
+                log(f"stopping {proc.name} (pid {proc.pid})")
+                stop(proc)
+                stopped.append(proc.name)
+        alive = [f"process {r.name} (pid {r.pid})" for r in recorded if is_alive(r)]
         self.state.clear()
         self._kill_shims()
         nodenet.unmount_all(
@@ -499,18 +499,24 @@ class RealNode:
         shutil.rmtree(self.paths.run, ignore_errors=True)
         if purge:
             shutil.rmtree(self.paths.home, ignore_errors=True)
-        left = self.leftovers() + [f"cgroup {s}" for s in stuck]
+        left = alive + self.leftovers() + [f"cgroup {s}" for s in stuck]
         if left:
             raise DevClusterError("the real node left behind: " + "; ".join(left))
         return stopped
 
-    def _remove_containers(self) -> None:
-        """Every container of the node, sandboxes included, so no shim outlives containerd."""
+    def _remove_containers(self, containerd: Running) -> None:
+        """Every container of the node, sandboxes included, so no shim outlives containerd.
+
+        Gives up once containerd is gone (another `down`, a crash): each ctr call would
+        then wait seconds on a dead socket, twenty tries per task; the shims and mounts
+        left are removed by what follows in `down` either way."""
         tasks = self._ctr("tasks", "ls", "-q").stdout.split()
         for task in tasks:
             self._ctr("tasks", "kill", "--signal=SIGKILL", task)
         for task in tasks:
             for _ in range(20):
+                if not is_alive(containerd):
+                    return
                 if self._ctr("tasks", "rm", "-f", task).returncode == 0:
                     break
                 time.sleep(0.1)
