@@ -412,7 +412,8 @@ def bad_canary(chain: ChainRun, good_canary: Rollout) -> Rollout:
     for path in [broken, *broken.rglob("*")]:  # as the pods' user (10001) would own it
         shutil.chown(path, 10001, 10001)
     uri = "pvc://modelsmith-artifacts/models/local-llama-chat-broken"
-    return _roll_out(chain, {"uri": uri}, "RolledBack")
+    # A merge patch: fromRef must go (null) for uri to stand alone, as the CRD requires.
+    return _roll_out(chain, {"fromRef": None, "uri": uri}, "RolledBack")
 
 
 def test_a_good_canary_is_promoted_by_scraped_metrics_with_no_failed_request(
@@ -443,7 +444,7 @@ def test_a_bad_canary_is_rolled_back_by_analysis_within_two_intervals(
     assert status["stableRevision"] == good_canary.status["stableRevision"], "stable stays"
     assert status["phase"] == "Degraded"
     (failed,) = [c for c in canary["checks"] if c["name"] == "errors"]
-    assert failed["verdict"] == "Fail" and failed["value"] > 0.05, failed
+    assert failed["verdict"] == "Fail" and failed.get("value", 0) > 0.05, failed
     assert bad_canary.first_error_at is not None, "the broken model failed requests"
     rolled = canary["history"][-1]  # the analysis that failed took the weight to 0
     assert (rolled["reason"], rolled["weight"]) == ("AnalysisFailed", 0), canary["history"]

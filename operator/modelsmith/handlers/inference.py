@@ -20,7 +20,7 @@ from typing import Any, NoReturn, cast
 import kopf
 from pydantic import ValidationError
 
-from modelsmith import jobstatus, k8s, metrics, storagecheck
+from modelsmith import jobstatus, k8s, mergepatch, metrics, storagecheck
 from modelsmith.api.inference import (
     INFERENCESERVICE,
     Backend,
@@ -190,8 +190,7 @@ def _delete_revision(owner: Owner, revision: str) -> None:
 
 def _write_status(body: kopf.Body, old: dict[str, Any], new: InferenceServiceStatus) -> None:
     rendered = new.model_dump(mode="json", by_alias=True, exclude_none=True)
-    changed = {k: v for k, v in rendered.items() if old.get(k) != v}
-    changed |= {k: None for k in old if k not in rendered}
+    changed = mergepatch.diff(old, rendered)
     if not changed:
         return
     meta = body["metadata"]
