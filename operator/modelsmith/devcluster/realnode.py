@@ -459,22 +459,25 @@ class RealNode:
         recorded = self.state.load()
         procs = {r.name: r for r in recorded}
         stopped: list[str] = []
+
+        def halt(proc: Running) -> None:
+            if is_alive(proc):
+                log(f"stopping {proc.name} (pid {proc.pid})")
+                stop(proc)
+                stopped.append(proc.name)
+
         # What uses the containers first, then the containers, then everything else the
         # state names in reverse start order (containerd, the bridges): a process added
         # to `processes` is stopped without being listed here.
         users = ("provisioner", "objectstore", "coredns", "kube-proxy", "kubelet")
         for name in users:
-            if name in procs and is_alive(procs[name]):
-                log(f"stopping {name} (pid {procs[name].pid})")
-                stop(procs[name])
-                stopped.append(name)
+            if name in procs:
+                halt(procs[name])
         if "containerd" in procs and is_alive(procs["containerd"]):
             self._remove_containers(procs["containerd"])
         for proc in reversed(recorded):
-            if proc.name not in users and is_alive(proc):
-                log(f"stopping {proc.name} (pid {proc.pid})")
-                stop(proc)
-                stopped.append(proc.name)
+            if proc.name not in users:
+                halt(proc)
         alive = [f"process {r.name} (pid {r.pid})" for r in recorded if is_alive(r)]
         self.state.clear()
         self._kill_shims()
