@@ -20,7 +20,7 @@ class Later:
         self._lock = threading.Lock()
         self._timers: dict[str, threading.Timer] = {}
 
-    def call(self, key: str, delay: float, fn: Callable[[], None]) -> None:
+    def call(self, key: str, delay: float, fn: Callable[[], object]) -> None:
         """Run ``fn`` in ``delay`` seconds; a later call for the same key replaces it.
 
         The caller's context goes along: kopf.event finds kopf's event queue there.
@@ -35,7 +35,7 @@ class Later:
             previous.cancel()
         timer.start()
 
-    def _fire(self, key: str, fn: Callable[[], None]) -> None:
+    def _fire(self, key: str, fn: Callable[[], object]) -> None:
         with self._lock:
             if self._timers.get(key) is threading.current_thread():
                 del self._timers[key]

@@ -362,7 +362,20 @@ def register(kind: BatchKind, settings: Settings) -> None:
     @kopf.on.create(*resource)
     @kopf.on.update(*resource, field="spec")
     def on_change(body: kopf.Body, **_: Any) -> None:
-        _measured(kind, body, settings)
+        """A stale read is retried here from fresh reads, not left to kopf's retry.
+
+        kopf retries a TemporaryError only on a later event of the resource, and first
+        waits for the event that shows its own progress patch; while Job and pod events
+        keep writing the status, that wait can outlast the last event. Under load, a
+        resumed DataPipeline then sat Suspended with its spec change never reconciled
+        (3 of 6 runs of the suspend test with two CPU hogs beside it).
+        """
+        try:
+            _measured(kind, body, settings)
+        except kopf.TemporaryError:
+            meta = body["metadata"]
+            if not _reconcile_fresh(kind, meta["namespace"], meta["name"], settings, meta["uid"]):
+                raise
 
     @kopf.on.event(*resource)
     def on_upstream(body: kopf.Body, type: str | None, **_: Any) -> None:
@@ -409,19 +422,23 @@ def _refers_to(kind: BatchKind, obj: dict[str, Any], ref_kind: str, ref_name: st
 
 def _reconcile_fresh(
     kind: BatchKind, namespace: str, name: str, settings: Settings, uid: str | None = None
-) -> None:
-    """Reconcile from a fresh read, again if the status moved under us (409)."""
+) -> bool:
+    """Reconcile from a fresh read, again if the status moved under us (409).
+
+    False only when every attempt read a status that moved before it could be written.
+    """
     for _attempt in range(3):
         current = k8s.get(f"{GROUP}/{VERSION}", kind.info.kind, namespace, name, kind.info.plural)
         if current is None or (uid is not None and current["metadata"]["uid"] != uid):
-            return
+            return True
         try:
             _measured(kind, kopf.Body(cast(kopf.RawBody, current)), settings)
-            return
+            return True
         except kopf.PermanentError:
-            return  # the status already says why; nothing to retry until the spec changes
+            return True  # the status already says why; nothing to retry until the spec changes
         except kopf.TemporaryError:
             continue
+    return False
 
 
 _JOB_SEEN: dict[str, tuple[Any, ...]] = {}
