@@ -61,7 +61,17 @@ def _patch(namespace: str, name: str, patch: dict[str, Any]) -> None:
 
 
 def _routes(namespace: str, name: str) -> dict[str, int]:
-    cm = client.CoreV1Api().read_namespaced_config_map(f"{name}-routes", namespace)
+    """The router's table now ({} before it exists).
+
+    The operator writes status before it pushes the split (a stale reconcile must fail
+    on the status write first), so a test that saw a phase waits for the routes too.
+    """
+    try:
+        cm = client.CoreV1Api().read_namespaced_config_map(f"{name}-routes", namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return {}
+        raise
     table = json.loads(cm.data["routes.json"])
     return {r["name"]: r["weight"] for r in table["revisions"]}
 
@@ -79,7 +89,7 @@ def test_router_backend_walks_the_canary_through_its_weights(
     _create(namespace, "chat", canary=FAST_CANARY)
     wait_for(lambda: _status(namespace, "chat").get("phase") == "Ready", timeout=60, what="Ready")
     v1 = _status(namespace, "chat")["stableRevision"]
-    assert _routes(namespace, "chat") == {v1: 100}
+    wait_for(lambda: _routes(namespace, "chat") == {v1: 100}, timeout=10, what="all on v1")
     assert _revisions(namespace) == {v1}
     apps, core = client.AppsV1Api(), client.CoreV1Api()
     router = apps.read_namespaced_deployment("chat-router", namespace)
@@ -125,6 +135,7 @@ def test_abort_annotation_rolls_back_and_is_removed(operator: KopfRunner, namesp
     _create(namespace, "chat", canary=slow, autoscaling={"maxReplicas": 3, "metric": "cpu"})
     wait_for(lambda: _status(namespace, "chat").get("phase") == "Ready", timeout=60, what="Ready")
     v1 = _status(namespace, "chat")["stableRevision"]
+    wait_for(lambda: _routes(namespace, "chat") == {v1: 100}, timeout=10, what="all on v1")
     hpa = client.AutoscalingV2Api().read_namespaced_horizontal_pod_autoscaler(v1, namespace)
     assert hpa.spec.scale_target_ref.name == v1 and hpa.spec.max_replicas == 3
     _patch(namespace, "chat", {"spec": {"model": {"uri": "file:///models/v2"}}})
@@ -140,15 +151,19 @@ def test_abort_annotation_rolls_back_and_is_removed(operator: KopfRunner, namesp
         what="rolled back",
     )
     status = _status(namespace, "chat")
-    assert _routes(namespace, "chat") == {v1: 100}
+    wait_for(lambda: _routes(namespace, "chat") == {v1: 100}, timeout=10, what="all back on v1")
     rolled = next(c for c in status["conditions"] if c["type"] == "RolledBack")
     assert rolled["status"] == "True" and "Abort" in rolled["message"]
     canary = client.AppsV1Api().read_namespaced_deployment(v2, namespace)
     assert canary.spec.replicas == 0, "a rolled-back canary is scaled down"
     hpas = client.AutoscalingV2Api().list_namespaced_horizontal_pod_autoscaler(namespace).items
     assert [h.metadata.name for h in hpas] == [v1], "no autoscaler brings the canary back"
-    annotations = _get(namespace, "chat")["metadata"].get("annotations") or {}
-    assert "modelsmith.io/canary-decision" not in annotations
+
+    def annotation_removed() -> bool:
+        annotations = _get(namespace, "chat")["metadata"].get("annotations") or {}
+        return "modelsmith.io/canary-decision" not in annotations
+
+    wait_for(annotation_removed, timeout=10, what="the decision annotation removed")
 
 
 @pytest.fixture(scope="module")
