@@ -70,5 +70,6 @@ def test_down_leaves_nothing_behind_and_up_restores_the_node(
     assert not Path("/run/modelsmith-node").exists()
 
     dev_cluster.up(log=lambda _m: None)
-    assert all(alive for _proc, alive in dev_cluster.node.running())
+    dead = [proc.name for proc, alive in dev_cluster.node.running() if not alive]
+    assert not dead, f"not running right after up: {dead}"
     wait_phase(core, namespace, "busy", {"Running", "Failed", "Succeeded"}, timeout=120)
