@@ -105,7 +105,8 @@ kubectl port-forward -n "$ns" svc/local-chat 18080:80 >/dev/null 2>&1 &
 forward=$!
 trap 'kill $forward 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:18080/-/ready && break; sleep 0.2; done
-ask='{"model": "local-chat", "max_tokens": 24, "messages": [{"role": "user", "content": "What does json.dumps do?"}]}'
+# Greedy (temperature 0): the same answer each run, never an end token sampled first.
+ask='{"model": "local-chat", "max_tokens": 24, "temperature": 0, "messages": [{"role": "user", "content": "What does json.dumps do?"}]}'
 echo "without the key: HTTP $(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
   -d "$ask" http://127.0.0.1:18080/v1/chat/completions)"
 echo "with the key, the model trained minutes ago answers 'What does json.dumps do?':"
