@@ -373,6 +373,9 @@ def _measured(body: kopf.Body, settings: Settings) -> None:
         _WAKE[key] = time.monotonic() + wake
 
 
+STALE_RETRY_S = 1.0
+"""After three stale reads in a row, the clock reconciles again this much later."""
+
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -383,6 +386,9 @@ def _reconcile_fresh(namespace: str, name: str, settings: Settings) -> None:
     Three paths reach here (the resource's events, its Deployments', the clock); run
     concurrently, a slower one could act on a status another has already moved on.
     PermanentError (invalid spec) propagates: kopf records it and stops retrying.
+    If all three reads lose the race, the clock tries again in a second: the event
+    handlers among the callers are never retried, so giving up here would leave the
+    resource waiting for an event that may not come.
     """
     with _LOCKS_GUARD:
         lock = _LOCKS.setdefault((namespace, name), threading.Lock())
@@ -399,6 +405,8 @@ def _reconcile_fresh(namespace: str, name: str, settings: Settings) -> None:
                 return
             except kopf.TemporaryError:
                 continue
+        log.warning("%s/%s: status moved under three reads in a row; again in 1 s", namespace, name)
+        _WAKE[(namespace, name)] = time.monotonic() + STALE_RETRY_S
 
 
 _READY_SEEN: dict[str, bool] = {}
