@@ -104,6 +104,7 @@ def crd(info: KindInfo) -> dict[str, Any]:
                 "type": "object",
                 "description": info.description,
                 "required": ["spec"],
+                _RULES: [{"rule": r, "message": m} for r, m in info.name_rules()],
                 "properties": {
                     "apiVersion": {"type": "string"},
                     "kind": {"type": "string"},

@@ -1,8 +1,10 @@
 """Semantic checks the CRD schema cannot express, run before anything is built.
 
-CEL sees one object's spec, not its own name, so "this resource reads its own output"
-gets past `kubectl apply`; it would wait on itself forever. Such specs become
-`Ready=False` with reason InvalidSpec and no children.
+The spec's CEL rules do not compare fields with the object's own name, so "this
+resource reads its own output" gets past `kubectl apply`; it would wait on itself
+forever. The name rules are CEL at the object's root too, but an object stored before
+the CRD had them reaches the operator anyway. Such objects become `Ready=False` with
+reason InvalidSpec and no children.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from modelsmith.batchkinds import BatchKind
 
 
 def semantic_errors(kind: BatchKind, name: str, spec: WorkloadSpec) -> list[str]:
-    errors = []
+    errors = kind.info.name_errors(name)
     for field, value in kind.inputs(spec).items():
         ref = value.from_ref if value is not None else None
         if ref is not None and (ref.kind, ref.name) == (kind.info.kind, name):

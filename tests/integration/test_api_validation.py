@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from modelsmith.api import KINDS
 from modelsmith.devcluster.cluster import DevCluster
 from tests.helpers import kubectl_apply
 
@@ -81,6 +82,8 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("PretrainJob", "resources.memory", "lots", "spec.resources.memory"),
     ("InferenceService", "canary.steps", [5, 150], "spec.canary.steps[1]"),
     ("InferenceService", "canary.interval", "soon", "spec.canary.interval"),
+    ("InferenceService", "canary.interval", "0s", "spec.canary.interval: Invalid value"),
+    ("InferenceService", "canary.analysisInterval", "0m0s", "must be longer than 0s"),
     # bad enums
     ("DataPipeline", "sources", [{"uri": "/x", "format": "csv"}], "spec.sources[0].format"),
     ("PretrainJob", "distribution.strategy", "horovod", "spec.distribution.strategy"),
@@ -191,6 +194,63 @@ def test_invalid_manifest_is_rejected(
     proc = kubectl_apply(dev_cluster, namespace, _set(VALID[kind], path, value))
     assert proc.returncode != 0, f"accepted: {kind} with {path}={value!r}"
     assert message in proc.stderr, proc.stderr
+
+
+# (kind, {spec path: new value}, what the error must say): rules across fields
+COMBINED: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "QuantizeJob",
+        {"method": "fp8", "groupSize": None, "resources.gpus": 0},
+        "method fp8 needs resources.gpus of 1 or more",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "changes", "message"), COMBINED)
+def test_invalid_combination_is_rejected(
+    dev_cluster: DevCluster,
+    crds: list[str],
+    namespace: str,
+    *,
+    kind: str,
+    changes: dict[str, Any],
+    message: str,
+) -> None:
+    doc = VALID[kind]
+    for path, value in changes.items():
+        doc = _set(doc, path, value)
+    proc = kubectl_apply(dev_cluster, namespace, doc)
+    assert proc.returncode != 0, f"accepted: {kind} with {changes}"
+    assert message in proc.stderr, proc.stderr
+    fine = _set(doc, "resources.gpus", 1)
+    assert kubectl_apply(dev_cluster, namespace, fine).returncode == 0, "only the GPUs were wrong"
+
+
+LONGEST = {info.kind: info.max_name_length for info in KINDS}
+# (kind, metadata.name, what the error must say)
+NAMES = [
+    ("DataPipeline", "a" * (LONGEST["DataPipeline"] + 1), "at most 54 characters"),
+    ("PretrainJob", "a" * (LONGEST["PretrainJob"] + 1), "NAME-run-1023"),
+    ("FineTune", "a" * (LONGEST["FineTune"] + 1), "at most 57 characters"),
+    ("InferenceService", "a" * (LONGEST["InferenceService"] + 1), "at most 52 characters"),
+    ("QuantizeJob", "7b-chat-int8", "must be a DNS-1035 label"),
+    ("InferenceService", "chat.v2", "must be a DNS-1035 label"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "message"), NAMES, ids=[f"{k}-{n[:9]}" for k, n, _ in NAMES]
+)
+def test_a_name_its_children_could_not_have_is_rejected(
+    dev_cluster: DevCluster, crds: list[str], namespace: str, *, kind: str, name: str, message: str
+) -> None:
+    doc = copy.deepcopy(VALID[kind])
+    doc["metadata"]["name"] = name
+    proc = kubectl_apply(dev_cluster, namespace, doc)
+    assert proc.returncode != 0, f"accepted: {kind} named {name!r}"
+    assert message in proc.stderr, proc.stderr
+    doc["metadata"]["name"] = "a" * LONGEST[kind]  # the longest that fits is accepted
+    assert kubectl_apply(dev_cluster, namespace, doc).returncode == 0
 
 
 @pytest.mark.parametrize("kind", sorted(VALID))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from modelsmith.api.inference import Canary, Decision, MetricCheck
 from modelsmith.canary.decision import (
@@ -228,6 +229,15 @@ def test_queries_resolve_builtins_and_custom_variables() -> None:
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("field", ["interval", "analysisInterval"])
+@pytest.mark.parametrize("zero", ["0s", "0m0s", "0.0ms"])
+def test_a_zero_interval_is_refused_where_the_spec_is_read(field: str, zero: str) -> None:
+    """The CRD refuses it at apply time; the operator's parse refuses it too, for an
+    object stored before the CRD had that rule."""
+    with pytest.raises(ValidationError, match="must be longer than 0s"):
+        Canary.model_validate({"steps": [50], field: zero})
 
 
 # Properties: any policy, any sequence of observations.

@@ -20,7 +20,7 @@ from modelsmith.api.common import (
     cel,
     defaulted,
 )
-from modelsmith.api.meta import CamelModel, KindInfo
+from modelsmith.api.meta import CamelModel, KindInfo, LongestChild
 
 
 class SourceFormat(StrEnum):
@@ -195,5 +195,6 @@ DATAPIPELINE = KindInfo(
     spec=DataPipelineSpec,
     status=BatchStatus,
     description="Raw text to cleaned, deduplicated, tokenized training shards.",
+    longest_child=LongestChild("NAME-run-1023", "the hostname of the 1024th worker pod"),
     printer_columns=batch_columns("Tokens", ".status.outputs.metrics.tokens"),
 )

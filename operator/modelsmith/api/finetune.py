@@ -15,7 +15,7 @@ from modelsmith.api.common import (
     cel,
     defaulted,
 )
-from modelsmith.api.meta import CamelModel, KindInfo
+from modelsmith.api.meta import CamelModel, KindInfo, LongestChild
 from modelsmith.api.pretrain import Precision
 
 
@@ -95,5 +95,6 @@ FINETUNE = KindInfo(
     spec=FineTuneSpec,
     status=BatchStatus,
     description="Full, LoRA or QLoRA fine-tuning of a pretrained model.",
+    longest_child=LongestChild("NAME-run-0", "the hostname of its pod"),
     printer_columns=batch_columns("EvalLoss", ".status.outputs.metrics.eval_loss"),
 )

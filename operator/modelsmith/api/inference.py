@@ -7,11 +7,12 @@ their users can read a spec at a glance. Reconciliation is a separate issue.
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from modelsmith.api.common import (
     FreeForm,
@@ -23,9 +24,40 @@ from modelsmith.api.common import (
     cel,
     defaulted,
 )
-from modelsmith.api.meta import CamelModel, Condition, KindInfo
+from modelsmith.api.meta import CamelModel, Condition, KindInfo, LongestChild
 
-Duration = Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$", max_length=64)]
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Prometheus/Go style durations as the CRD pattern admits them: 1m, 30s, 1h30m."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+
+
+def _longer_than_zero(text: str) -> str:
+    if parse_duration(text) <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return text
+
+
+Duration = Annotated[
+    str,
+    Field(
+        pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$",
+        max_length=64,
+        # CEL's duration() reads Go's syntax, of which the pattern admits a subset.
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "duration(self) > duration('0s')", "message": "must be longer than 0s"}
+            ]
+        },
+    ),
+    AfterValidator(_longer_than_zero),
+]
 
 
 class Runtime(StrEnum):
@@ -397,6 +429,7 @@ INFERENCESERVICE = KindInfo(
     spec=InferenceServiceSpec,
     status=InferenceServiceStatus,
     description="A served model whose new revisions go through a Prometheus-gated canary.",
+    longest_child=LongestChild("NAME-0123456789", "a revision's Service: NAME and 10 hex digits"),
     printer_columns=(
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Canary%", "type": "integer", "jsonPath": ".status.canaryWeight"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -44,6 +45,24 @@ class Condition(CamelModel):
     )
 
 
+DNS_LABEL_MAX = 63
+DNS_1035_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+@dataclass(frozen=True)
+class LongestChild:
+    """The longest name the operator derives from a resource's name, e.g. the hostname
+    of a Job's last worker pod (NAME-run-1023): it bounds the resource's own name."""
+
+    pattern: str
+    """The child's name with NAME for the resource's name."""
+    what: str
+
+    @property
+    def extra(self) -> int:
+        return len(self.pattern.replace("NAME", ""))
+
+
 @dataclass(frozen=True)
 class KindInfo:
     """What the CRD needs besides the schema: names, columns, the kind's models."""
@@ -53,8 +72,41 @@ class KindInfo:
     spec: type[BaseModel]
     status: type[BaseModel]
     description: str
+    longest_child: LongestChild
     short_names: tuple[str, ...] = ()
     printer_columns: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    @property
+    def max_name_length(self) -> int:
+        """Child names (and the label values that carry this name) must be DNS labels."""
+        return DNS_LABEL_MAX - self.longest_child.extra
+
+    def name_rules(self) -> list[tuple[str, str]]:
+        """CEL rules on the whole object, with their messages: the API server refuses
+        at apply time a name whose children would be refused later."""
+        limit, child = self.max_name_length, self.longest_child
+        return [
+            (
+                f"self.metadata.name.size() <= {limit}",
+                f"metadata.name may have at most {limit} characters: the {self.kind}'s "
+                f"children are named after it, and {child.pattern} ({child.what}) must "
+                f"fit in {DNS_LABEL_MAX}",
+            ),
+            (
+                f"self.metadata.name.matches('{DNS_1035_PATTERN}')",
+                "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', "
+                "starting with a letter): the one name shape that every child of every "
+                "modelsmith kind accepts, Services included",
+            ),
+        ]
+
+    def name_errors(self, name: str) -> list[str]:
+        """The same rules in Python, for objects stored before the CRD had them."""
+        (_, too_long), (_, not_a_label) = self.name_rules()
+        errors = [too_long] if len(name) > self.max_name_length else []
+        if re.fullmatch(DNS_1035_PATTERN, name) is None:
+            errors.append(not_a_label)
+        return errors
 
     @property
     def singular(self) -> str:

@@ -19,7 +19,7 @@ from modelsmith.api.common import (
     defaulted,
     immutable,
 )
-from modelsmith.api.meta import CamelModel, KindInfo
+from modelsmith.api.meta import CamelModel, KindInfo, LongestChild
 
 
 class ArchitectureType(StrEnum):
@@ -196,5 +196,6 @@ PRETRAINJOB = KindInfo(
     spec=PretrainJobSpec,
     status=BatchStatus,
     description="Distributed pretraining of a dense or mixture-of-experts decoder.",
+    longest_child=LongestChild("NAME-run-1023", "the hostname of the 1024th worker pod"),
     printer_columns=batch_columns("Loss", ".status.outputs.metrics.loss"),
 )

@@ -15,7 +15,7 @@ from modelsmith.api.common import (
     cel,
     defaulted,
 )
-from modelsmith.api.meta import CamelModel, KindInfo
+from modelsmith.api.meta import CamelModel, KindInfo, LongestChild
 
 
 class QuantMethod(StrEnum):
@@ -53,6 +53,10 @@ class QuantizeJobSpec(WorkloadSpec):
             "groupSize applies to int4-weight-only and gptq only",
         ),
         ("self.method != 'gptq' || has(self.calibration)", "method gptq needs calibration"),
+        (
+            "self.method != 'fp8' || self.resources.gpus > 0",
+            "method fp8 needs resources.gpus of 1 or more: its matmuls run in fp8 on the GPU",
+        ),
     )
 
     model: Input = Field(description="The model to quantize, usually fromRef a FineTune.")
@@ -77,6 +81,7 @@ QUANTIZEJOB = KindInfo(
     spec=QuantizeJobSpec,
     status=BatchStatus,
     description="INT8 / INT4 / GPTQ / FP8 post-training quantization with a quality gate.",
+    longest_child=LongestChild("NAME-run-0", "the hostname of its pod"),
     printer_columns=batch_columns(
         "PPLDelta%", ".status.outputs.metrics.perplexity_increase_percent"
     ),

@@ -81,19 +81,21 @@ class Split:
 
 
 def revision_name(owner_name: str, spec: InferenceServiceSpec, model_uri: str) -> str:
+    """NAME-<10 hex digits> of what the revision serves: a DNS label as it stands, since
+    the API refuses longer names (INFERENCESERVICE.longest_child)."""
     rendered = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     identity = {k: rendered.get(k) for k in _REVISION_FIELDS} | {"model": model_uri}
     identity |= {k: rendered[k] for k in _PLACEMENT_FIELDS if rendered.get(k)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return f"{owner_name[:52]}-{digest[:10]}"
+    return f"{owner_name}-{digest[:10]}"
 
 
 def router_name(owner: Owner) -> str:
-    return f"{owner.name[:56]}-router"
+    return f"{owner.name}-router"
 
 
 def routes_name(owner: Owner) -> str:
-    return f"{owner.name[:56]}-routes"
+    return f"{owner.name}-routes"
 
 
 def revision_config(owner: Owner, spec: InferenceServiceSpec, model_uri: str) -> dict[str, Any]:

@@ -29,7 +29,6 @@ the canary: the property tests in tests/unit/test_canary.py check both.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -41,20 +40,9 @@ from modelsmith.api.inference import (
     Decision,
     MetricCheck,
     OnEmpty,
+    parse_duration,
 )
 from modelsmith.api.inference import CanaryStage as Stage
-
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> timedelta:
-    """Prometheus/Go style durations as the CRD pattern admits them: 1m, 30s, 1h30m."""
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a duration: {text!r}")
-    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
-
 
 TERMINAL = frozenset({Stage.PROMOTED, Stage.ROLLED_BACK})
 

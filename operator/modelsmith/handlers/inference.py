@@ -263,7 +263,8 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         spec = InferenceServiceSpec.model_validate(dict(body["spec"]))
     except ValidationError as exc:
         _reject(body, current, str(exc), gen)
-    problems = storagecheck.spec_errors(settings, uri_fields(spec))
+    problems = INFERENCESERVICE.name_errors(meta["name"])
+    problems += storagecheck.spec_errors(settings, uri_fields(spec))
     if problems:
         _reject(body, current, "; ".join(problems), gen)
     owner = Owner(KIND, meta["name"], meta["namespace"], meta["uid"])
