@@ -8,35 +8,49 @@ from enum import StrEnum
 from modelsmith.api.meta import Condition, ConditionStatus
 
 
+class ConditionType(StrEnum):
+    """The condition types this operator writes (`kubectl wait --for=condition=TYPE`)."""
+
+    READY = "Ready"  # the resource does its job now: its output is published, or it serves
+    PROGRESSING = "Progressing"  # work is under way: a run, or a rollout between revisions
+    SUCCEEDED = "Succeeded"  # a batch run finished and published its output
+    FAILED = "Failed"  # a batch run ended without output, or will never start
+    SUSPENDED = "Suspended"  # spec.suspend holds the run's pods at zero
+    DEGRADED = "Degraded"  # a spec change was refused; the run goes on with the old spec
+    ROLLED_BACK = "RolledBack"  # the latest canary was rolled back (False: promoted)
+
+
 class Reason(StrEnum):
-    INVALID_SPEC = "InvalidSpec"
-    JOB_CREATED = "JobCreated"
-    RUNNING = "Running"
-    SUSPENDED = "Suspended"
-    COMPLETED = "Completed"
-    JOB_FAILED = "JobFailed"
-    WAITING_FOR_INPUT = "WaitingForInput"
-    UPSTREAM_NOT_FOUND = "UpstreamNotFound"
-    UPSTREAM_FAILED = "UpstreamFailed"
-    SPEC_CHANGE_REJECTED = "SpecChangeRejected"
-    SPEC_APPLIED = "SpecApplied"
-    SERVING = "Serving"
-    REVISION_NOT_READY = "RevisionNotReady"
-    REVISION_FAILING = "RevisionFailing"
-    CANARY_PROGRESSING = "CanaryProgressing"
-    ROLLOUT_DONE = "RolloutDone"
-    ROLLED_BACK = "RolledBack"
-    PROMOTED = "Promoted"
-    STORAGE_NOT_CONFIGURED = "StorageNotConfigured"
-    CLAIM_NOT_FOUND = "ClaimNotFound"
-    CLAIM_ACCESS_MODE = "ClaimAccessModeConflict"
-    POD_CANNOT_START = "PodCannotStart"
-    SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 (a reason, not a secret)
+    """Why a condition is as it is: one CamelCase word, the same in events."""
+
+    INVALID_SPEC = "InvalidSpec"  # the spec (or name) breaks a rule; nothing is created
+    JOB_CREATED = "JobCreated"  # the Job exists; none of its pods is running yet
+    RUNNING = "Running"  # the Job's pods are running
+    SUSPENDED = "Suspended"  # spec.suspend is true
+    COMPLETED = "Completed"  # every worker finished
+    JOB_FAILED = "JobFailed"  # the Job failed; the message says which pod and why
+    WAITING_FOR_INPUT = "WaitingForInput"  # a fromRef upstream has not succeeded yet
+    UPSTREAM_NOT_FOUND = "UpstreamNotFound"  # a fromRef names no resource
+    UPSTREAM_FAILED = "UpstreamFailed"  # a fromRef upstream failed: no input will come
+    SPEC_CHANGE_REJECTED = "SpecChangeRejected"  # the API server refused the changed Job
+    SPEC_APPLIED = "SpecApplied"  # the refused change was reverted or went through
+    SERVING = "Serving"  # the stable revision is available
+    REVISION_NOT_READY = "RevisionNotReady"  # the stable revision's pods are starting
+    REVISION_FAILING = "RevisionFailing"  # the stable revision's pods crash or cannot start
+    CANARY_PROGRESSING = "CanaryProgressing"  # a canary is between its steps
+    ROLLOUT_DONE = "RolloutDone"  # no canary is in progress
+    ROLLED_BACK = "RolledBack"  # analysis (or an Abort) took the canary's weight to 0
+    PROMOTED = "Promoted"  # the canary passed every step and is stable now
+    STORAGE_NOT_CONFIGURED = "StorageNotConfigured"  # no output.uri and no default store
+    CLAIM_NOT_FOUND = "ClaimNotFound"  # a pvc:// claim does not exist in the namespace
+    CLAIM_ACCESS_MODE = "ClaimAccessModeConflict"  # the claim's modes: pods cannot share it
+    POD_CANNOT_START = "PodCannotStart"  # an image pull or container config error
+    SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 (a reason, not a secret): storage keys
 
 
 def set_condition(
     conditions: list[Condition],
-    type_: str,
+    type_: ConditionType,
     status: ConditionStatus,
     *,
     reason: Reason,
@@ -58,5 +72,5 @@ def set_condition(
     return [c for c in conditions if c.type != type_] + [updated]
 
 
-def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
+def get_condition(conditions: list[Condition], type_: ConditionType) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)

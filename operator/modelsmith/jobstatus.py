@@ -8,7 +8,7 @@ from typing import Any
 
 from modelsmith.api.common import BatchStatus, CheckpointStatus, Outputs, Phase, Progress
 from modelsmith.api.meta import ConditionStatus
-from modelsmith.conditions import Reason, set_condition
+from modelsmith.conditions import ConditionType, Reason, set_condition
 from modelsmith.contract import ErrorInfo, Result, parse_result
 
 T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
@@ -166,9 +166,9 @@ def waiting_status(
     failed = reason == Reason.UPSTREAM_FAILED
     conds = list(current.conditions)
     for type_, status in (
-        ("Ready", F),
-        ("Progressing", F if failed else T),
-        ("Failed", T if failed else F),
+        (ConditionType.READY, F),
+        (ConditionType.PROGRESSING, F if failed else T),
+        (ConditionType.FAILED, T if failed else F),
     ):
         conds = set_condition(
             conds, type_, status, reason=reason, message=message, now=now, generation=generation
@@ -186,7 +186,11 @@ def blocked_status(
     Pending, not Failed, since the run starts by itself once it is fixed; and not
     Progressing, since nothing moves until then."""
     conds = list(current.conditions)
-    for type_, status in (("Ready", F), ("Progressing", F), ("Failed", F)):
+    for type_, status in (
+        (ConditionType.READY, F),
+        (ConditionType.PROGRESSING, F),
+        (ConditionType.FAILED, F),
+    ):
         conds = set_condition(
             conds, type_, status, reason=reason, message=message, now=now, generation=generation
         )
@@ -207,7 +211,7 @@ def compute_status(
     """The status a batch resource should have, given its Job as it is now."""
     conds = list(current.conditions)
 
-    def put(type_: str, status: ConditionStatus, reason: Reason, message: str) -> None:
+    def put(type_: ConditionType, status: ConditionStatus, reason: Reason, message: str) -> None:
         nonlocal conds
         conds = set_condition(
             conds, type_, status, reason=reason, message=message, now=now, generation=generation
@@ -224,44 +228,49 @@ def compute_status(
 
     if complete:
         phase = Phase.SUCCEEDED
-        put("Succeeded", T, Reason.COMPLETED, "all workers finished")
+        put(ConditionType.SUCCEEDED, T, Reason.COMPLETED, "all workers finished")
         outputs = _outputs(output_uri, report.result)
         if outputs.digest:
-            put("Ready", T, Reason.COMPLETED, f"output published to {outputs.uri}")
+            put(ConditionType.READY, T, Reason.COMPLETED, f"output published to {outputs.uri}")
         else:
             # Worker 0 exited 0 without a result (or its message was lost): say only
             # what is known; the artifact's own marker decides whether it exists.
             message = (
                 f"all workers finished, but none reported a published artifact at {outputs.uri}"
             )
-            put("Ready", T, Reason.COMPLETED, message)
-        put("Progressing", F, Reason.COMPLETED, "")
+            put(ConditionType.READY, T, Reason.COMPLETED, message)
+        put(ConditionType.PROGRESSING, F, Reason.COMPLETED, "")
         completion_time = _parse_time(job_status.get("completionTime")) or now
     elif failed:
         phase = Phase.FAILED
         message = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
         if report.failure is not None:
             message += f"; last worker error {report.failure.reason}: {report.failure.message}"
-        put("Failed", T, Reason.JOB_FAILED, message)
-        put("Ready", F, Reason.JOB_FAILED, message)
-        put("Progressing", F, Reason.JOB_FAILED, "")
+        put(ConditionType.FAILED, T, Reason.JOB_FAILED, message)
+        put(ConditionType.READY, F, Reason.JOB_FAILED, message)
+        put(ConditionType.PROGRESSING, F, Reason.JOB_FAILED, "")
         completion_time = completion_time or now
     elif suspended:
         phase = Phase.PENDING
-        put("Suspended", T, Reason.SUSPENDED, "spec.suspend is true")
-        put("Ready", F, Reason.SUSPENDED, "suspended")
-        put("Progressing", F, Reason.SUSPENDED, "")
+        put(ConditionType.SUSPENDED, T, Reason.SUSPENDED, "spec.suspend is true")
+        put(ConditionType.READY, F, Reason.SUSPENDED, "suspended")
+        put(ConditionType.PROGRESSING, F, Reason.SUSPENDED, "")
     else:
         active = int(job_status.get("active", 0) or 0)
         phase = Phase.RUNNING if active else Phase.PENDING
         reason = Reason.RUNNING if active else Reason.JOB_CREATED
-        put("Suspended", F, reason, "")
+        put(ConditionType.SUSPENDED, F, reason, "")
         ckpt = report.checkpoint or current.last_checkpoint
         if report.stuck:
-            put("Ready", F, Reason.POD_CANNOT_START, report.stuck)
+            put(ConditionType.READY, F, Reason.POD_CANNOT_START, report.stuck)
         else:
-            put("Ready", F, reason, _running_message(active, restarts, ckpt))
-        put("Progressing", T, reason, f"{job_status.get('succeeded', 0) or 0} worker(s) done")
+            put(ConditionType.READY, F, reason, _running_message(active, restarts, ckpt))
+        put(
+            ConditionType.PROGRESSING,
+            T,
+            reason,
+            f"{job_status.get('succeeded', 0) or 0} worker(s) done",
+        )
 
     return current.model_copy(
         update={

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelsmith.api.common import Input, LineageEntry
-from modelsmith.conditions import Reason
+from modelsmith.conditions import ConditionType, Reason
 
 Fetch = Callable[[str, str], dict[str, Any] | None]
 
@@ -35,12 +35,14 @@ class Resolution:
 
 def _succeeded(obj: dict[str, Any]) -> bool:
     conds = obj.get("status", {}).get("conditions", []) or []
-    return any(c.get("type") == "Succeeded" and c.get("status") == "True" for c in conds)
+    return any(
+        c.get("type") == ConditionType.SUCCEEDED and c.get("status") == "True" for c in conds
+    )
 
 
 def _failed(obj: dict[str, Any]) -> bool:
     conds = obj.get("status", {}).get("conditions", []) or []
-    return any(c.get("type") == "Failed" and c.get("status") == "True" for c in conds)
+    return any(c.get("type") == ConditionType.FAILED and c.get("status") == "True" for c in conds)
 
 
 def resolve(inputs: dict[str, Input | None], fetch: Fetch) -> Resolution:

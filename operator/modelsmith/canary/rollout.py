@@ -27,7 +27,7 @@ from modelsmith.api.inference import (
 from modelsmith.api.meta import ConditionStatus
 from modelsmith.builders.inference import Split
 from modelsmith.canary.decision import TERMINAL, Observation, Policy, State, Step, decide
-from modelsmith.conditions import Reason, set_condition
+from modelsmith.conditions import ConditionType, Reason, set_condition
 
 HISTORY = 10
 """History entries kept in status: enough to read a rollout, small enough for etcd."""
@@ -236,7 +236,7 @@ def _conditions(
     canary = status.canary
     serving = bool(inputs.ready.get(stable))
 
-    def put(type_: str, ok: bool, reason: Reason, message: str) -> None:
+    def put(type_: ConditionType, ok: bool, reason: Reason, message: str) -> None:
         nonlocal conds
         state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
         conds = set_condition(
@@ -245,20 +245,35 @@ def _conditions(
 
     weight = 100 - (status.canary_weight or 0)
     if serving:
-        put("Ready", True, Reason.SERVING, f"revision {stable} serves {weight}% of traffic")
+        put(
+            ConditionType.READY,
+            True,
+            Reason.SERVING,
+            f"revision {stable} serves {weight}% of traffic",
+        )
     elif stable in inputs.failing:
         why = inputs.failing[stable]
-        put("Ready", False, Reason.REVISION_FAILING, f"revision {stable} is failing: {why}")
+        put(
+            ConditionType.READY,
+            False,
+            Reason.REVISION_FAILING,
+            f"revision {stable} is failing: {why}",
+        )
     else:
-        put("Ready", False, Reason.REVISION_NOT_READY, f"revision {stable} is not ready yet")
+        put(
+            ConditionType.READY,
+            False,
+            Reason.REVISION_NOT_READY,
+            f"revision {stable} is not ready yet",
+        )
     if active and canary is not None:
-        put("Progressing", True, Reason.CANARY_PROGRESSING, canary.message)
+        put(ConditionType.PROGRESSING, True, Reason.CANARY_PROGRESSING, canary.message)
     else:
-        put("Progressing", False, Reason.ROLLOUT_DONE, canary.message if canary else "")
+        put(ConditionType.PROGRESSING, False, Reason.ROLLOUT_DONE, canary.message if canary else "")
     if canary is not None and canary.stage == CanaryStage.ROLLED_BACK:
-        put("RolledBack", True, Reason.ROLLED_BACK, canary.message)
+        put(ConditionType.ROLLED_BACK, True, Reason.ROLLED_BACK, canary.message)
     elif canary is not None and canary.stage == CanaryStage.PROMOTED:
-        put("RolledBack", False, Reason.PROMOTED, canary.message)
+        put(ConditionType.ROLLED_BACK, False, Reason.PROMOTED, canary.message)
     if not serving:
         phase = ServingPhase.PENDING
     elif active:

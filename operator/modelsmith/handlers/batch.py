@@ -30,7 +30,7 @@ from modelsmith.builders.batch import (
     job_name,
     task_config,
 )
-from modelsmith.conditions import Reason, set_condition
+from modelsmith.conditions import ConditionType, Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.handlers import preflight
 from modelsmith.jobstatus import (
@@ -123,7 +123,7 @@ def _mark_rejected_change(
     The run goes on with the spec it started with; observedGeneration stays behind
     metadata.generation, which is how `kubectl wait` and Argo CD see "not applied".
     """
-    if rejected is None and not any(c.type == "Degraded" for c in new.conditions):
+    if rejected is None and not any(c.type == ConditionType.DEGRADED for c in new.conditions):
         return new
     if rejected is None:
         status, reason, message = ConditionStatus.FALSE, Reason.SPEC_APPLIED, ""
@@ -136,7 +136,7 @@ def _mark_rejected_change(
         )
     conds = set_condition(
         list(new.conditions),
-        "Degraded",
+        ConditionType.DEGRADED,
         status,
         reason=reason,
         message=message,
@@ -181,7 +181,10 @@ def _reject(
 ) -> NoReturn:
     """InvalidSpec: say why in status and in a Warning event, create nothing, stop."""
     conds = list(current.conditions)
-    for type_, status in (("Ready", ConditionStatus.FALSE), ("Failed", ConditionStatus.TRUE)):
+    for type_, status in (
+        (ConditionType.READY, ConditionStatus.FALSE),
+        (ConditionType.FAILED, ConditionStatus.TRUE),
+    ):
         conds = set_condition(
             conds,
             type_,
@@ -321,7 +324,7 @@ def reconcile(kind: BatchKind, body: kopf.Body, settings: Settings) -> BatchStat
     if changed:
         _write_status(kind, body, changed)
         if new.phase != current.phase:
-            ready = next((c for c in new.conditions if c.type == "Ready"), None)
+            ready = next((c for c in new.conditions if c.type == ConditionType.READY), None)
             # kopf.event, not kopf.info: our own phase events must not be filtered by the
             # posting level that keeps kopf's per-handler chatter out of `kubectl describe`.
             kopf.event(

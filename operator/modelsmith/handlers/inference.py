@@ -21,6 +21,7 @@ import kopf
 from pydantic import ValidationError
 
 from modelsmith import jobstatus, k8s, mergepatch, metrics, storagecheck
+from modelsmith.api.common import Phase
 from modelsmith.api.inference import (
     INFERENCESERVICE,
     Backend,
@@ -51,7 +52,7 @@ from modelsmith.builders.inference import (
 )
 from modelsmith.canary.analysis import Target, gather
 from modelsmith.canary.rollout import Inputs, Plan, next_wake, plan
-from modelsmith.conditions import Reason, set_condition
+from modelsmith.conditions import ConditionType, Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.contract import TASK_CONFIG_KEY, TaskConfig
 from modelsmith.handlers import preflight
@@ -108,7 +109,7 @@ def _kserve_ready(owner: Owner, current: InferenceServiceStatus, desired: str) -
     if obj is None:
         return {}
     conds = (obj.get("status") or {}).get("conditions") or []
-    ok = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+    ok = any(c.get("type") == ConditionType.READY and c.get("status") == "True" for c in conds)
     written = (obj["metadata"].get("annotations") or {}).get(REVISION_LABEL)
     ready = {current.stable_revision: True} if current.stable_revision else {}
     if written == desired:
@@ -206,7 +207,7 @@ def _reject(body: kopf.Body, current: InferenceServiceStatus, message: str, gen:
     now = datetime.now(UTC)
     conds = set_condition(
         list(current.conditions),
-        "Ready",
+        ConditionType.READY,
         ConditionStatus.FALSE,
         reason=Reason.INVALID_SPEC,
         message=message,
@@ -241,7 +242,7 @@ def _blocked(
     """The new revision is not made; a revision already serving goes on serving."""
     conds = set_condition(
         list(current.conditions),
-        "Ready",
+        ConditionType.READY,
         ConditionStatus.FALSE,
         reason=refusal.reason,
         message=f"the model: {refusal.message}",
@@ -278,7 +279,7 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         why, message = waiting_reason(resolution)
         conds = set_condition(
             list(current.conditions),
-            "Ready",
+            ConditionType.READY,
             ConditionStatus.FALSE,
             reason=why,
             message=f"the model: {message}",
@@ -470,7 +471,7 @@ def register(settings: Settings) -> None:
             """A model an InferenceService waits for was published (serve it now), or
             will never be (say so). Argo CD applies a chain in no particular order."""
             phase = (body.get("status") or {}).get("phase")
-            if type == "DELETED" or phase not in ("Succeeded", "Failed"):
+            if type == "DELETED" or phase not in (Phase.SUCCEEDED, Phase.FAILED):
                 return
             namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
             for obj in k8s.list_custom(PLURAL, namespace):
