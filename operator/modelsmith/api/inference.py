@@ -2,7 +2,8 @@
 
 The canary vocabulary is Flagger's and Argo Rollouts' (steps or stepWeight/maxWeight,
 interval, metric checks with PromQL and thresholds, failure limit, mirroring), so
-their users can read a spec at a glance. Reconciliation is a separate issue.
+their users can read a spec at a glance. The operator's handlers/inference.py
+reconciles it; canary/ decides each step.
 """
 
 from __future__ import annotations

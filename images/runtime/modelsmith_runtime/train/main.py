@@ -1,11 +1,11 @@
 """`modelsmith-runtime pretrain`: check everything that can be checked cheaply, then train.
 
 Each rank torchrun starts runs `run`. `check` is the cheap half on its own (the task
-config, the spec, the dataset and tokenizer artifacts) for a launcher that wants to
-fail bad input before it starts torchrun: torchrun reports any worker failure as exit
-code 1, so a BadInputError raised inside a worker reaches the Job as a retryable one.
+config, the spec, the dataset and tokenizer artifacts), which every rank runs before it
+imports anything heavy; a BadInputError there still reaches the Job as exit 2, since
+the launcher (launch.py) collects each rank's own exit code rather than torchrun's.
 With `launcher: ray` `run` is started once, on the Ray head, and drives Ray Train's
-workers, which run the same per-rank training (raytrain.py).
+workers, which run the same check and per-rank training (raytrain.py).
 """
 
 from __future__ import annotations
