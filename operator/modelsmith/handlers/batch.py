@@ -17,7 +17,7 @@ from typing import Any, NoReturn, cast
 import kopf
 from pydantic import ValidationError
 
-from modelsmith import k8s, metrics, storagecheck
+from modelsmith import k8s, mergepatch, metrics, storagecheck
 from modelsmith.api.common import BatchStatus, Phase, WorkloadSpec
 from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
 from modelsmith.batchkinds import BATCH_KINDS, PLURALS, BatchKind, batch_owner
@@ -48,9 +48,11 @@ from modelsmith.validation import semantic_errors, uri_fields
 
 
 def _status_patch(old: dict[str, Any], new: BatchStatus) -> dict[str, Any]:
-    """Only the fields that changed, so an unchanged world writes nothing."""
+    """Only what changed, so an unchanged world writes nothing; and what went away as
+    null at every depth (mergepatch), as the inference handler does: sending changed
+    top-level keys whole left a finished run's progress.etaSeconds in its status."""
     rendered = new.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return {k: v for k, v in rendered.items() if old.get(k) != v}
+    return mergepatch.diff(old, rendered)
 
 
 def _fetch_upstream(namespace: str) -> Any:
