@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from modelsmith.contract import TASK_API_VERSION, Result, parse_result
+from modelsmith.contract import Result, TaskConfig, parse_result
 from tests.workloads.s3 import s3, s3_endpoint  # noqa: F401 (fixtures for every module)
 
 
@@ -27,14 +27,9 @@ class Run:
 
 
 def task_config(kind: str, spec: dict[str, Any], output: str, **inputs: str) -> dict[str, Any]:
-    return {
-        "apiVersion": TASK_API_VERSION,
-        "kind": kind,
-        "name": "test",
-        "inputs": inputs,
-        "output": output,
-        "spec": spec,
-    }
+    return TaskConfig(kind=kind, name="test", inputs=inputs, output=output, spec=spec).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
 
 
 def run_component(

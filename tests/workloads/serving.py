@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelsmith.contract import TASK_API_VERSION, Result, parse_result
+from modelsmith.contract import Result, TaskConfig, parse_result
 from tests.helpers import free_port
 
 READY_TIMEOUT_S = 180.0
@@ -44,14 +44,13 @@ def serve_config(
     model: str, spec: dict[str, Any] | None = None, name: str = "tiny"
 ) -> dict[str, Any]:
     """The task config the operator would write for an InferenceService ``name``."""
-    return {
-        "apiVersion": TASK_API_VERSION,
-        "kind": "InferenceService",
-        "name": name,
-        "inputs": {"model": model},
-        "output": "",
-        "spec": {"model": {"uri": model}, **(spec or {})},
-    }
+    return TaskConfig(
+        kind="InferenceService",
+        name=name,
+        inputs={"model": model},
+        output="",
+        spec={"model": {"uri": model}, **(spec or {})},
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def parse_metrics(text: str) -> dict[str, float]:

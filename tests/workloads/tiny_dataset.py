@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from modelsmith.contract import TASK_API_VERSION
+from modelsmith.contract import TaskConfig
 from modelsmith_runtime import shards, storage
 
 EOT = "<|endoftext|>"
@@ -132,14 +132,9 @@ def pretrain_config(
         "checkpoint": {"intervalSteps": 10, "keepLast": 2},
         **spec,
     }
-    return {
-        "apiVersion": TASK_API_VERSION,
-        "kind": "PretrainJob",
-        "name": "test",
-        "inputs": {"dataset": dataset},
-        "output": output,
-        "spec": body,
-    }
+    return TaskConfig(
+        kind="PretrainJob", name="test", inputs={"dataset": dataset}, output=output, spec=body
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def train_records(log: str) -> list[dict[str, Any]]:

@@ -17,11 +17,11 @@ from modelsmith.api.meta import GROUP, VERSION
 from modelsmith.builders import storage
 from modelsmith.config import STATUS_AUDIENCE, Settings
 from modelsmith.contract import (
-    TASK_API_VERSION,
     TASK_CONFIG_DIR,
     TASK_CONFIG_KEY,
     TASK_CONFIG_PATH,
     ExitCode,
+    TaskConfig,
 )
 
 RENDEZVOUS_PORT = 29500
@@ -120,15 +120,14 @@ def task_config(
     owner: Owner, spec: WorkloadSpec, inputs: dict[str, str], output_uri: str
 ) -> dict[str, Any]:
     """What the workload reads: its spec, with every input resolved to a URI."""
-    return {
-        "apiVersion": TASK_API_VERSION,
-        "kind": owner.kind,
-        "name": owner.name,
-        "inputs": inputs,
-        "output": output_uri,
-        "uid": owner.uid,
-        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-    }
+    return TaskConfig(
+        kind=owner.kind,
+        name=owner.name,
+        inputs=inputs,
+        output=output_uri,
+        uid=owner.uid,
+        spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def desired_configmap(owner: Owner, layout: Layout, config: dict[str, Any]) -> dict[str, Any]:

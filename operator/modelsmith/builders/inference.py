@@ -25,7 +25,7 @@ from modelsmith.api.inference import (
 from modelsmith.builders import storage
 from modelsmith.builders.batch import Owner
 from modelsmith.config import Settings
-from modelsmith.contract import TASK_API_VERSION, TASK_CONFIG_DIR, TASK_CONFIG_KEY, TASK_CONFIG_PATH
+from modelsmith.contract import TASK_CONFIG_DIR, TASK_CONFIG_KEY, TASK_CONFIG_PATH, TaskConfig
 from modelsmith.routes import PIN_HEADER, ROUTES_KEY, Mirror, RevisionRoute, RouteTable
 
 SERVER_PORT = 8080
@@ -100,14 +100,13 @@ def routes_name(owner: Owner) -> str:
 
 def revision_config(owner: Owner, spec: InferenceServiceSpec, model_uri: str) -> dict[str, Any]:
     """The TaskConfig a revision's server reads; also the revision's own record."""
-    return {
-        "apiVersion": TASK_API_VERSION,
-        "kind": owner.kind,
-        "name": owner.name,
-        "inputs": {"model": model_uri},
-        "output": "",
-        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-    }
+    return TaskConfig(
+        kind=owner.kind,
+        name=owner.name,
+        inputs={"model": model_uri},
+        output="",
+        spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _revision_metadata(owner: Owner, revision: str) -> dict[str, Any]:
