@@ -8,6 +8,7 @@ Like `contract`, it needs nothing but pydantic, so the router does not import ko
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -56,3 +57,17 @@ class RouteTable(_Model):
 
     def render(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Who gets user traffic: ``weight`` percent to the canary, the rest to stable."""
+
+    stable: str
+    canary: str | None = None
+    weight: int = 0
+    mirror_percent: int = 0
+
+    @property
+    def revisions(self) -> list[str]:
+        return [self.stable] + ([self.canary] if self.canary and self.canary != self.stable else [])

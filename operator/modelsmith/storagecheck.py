@@ -15,7 +15,8 @@ from typing import Any
 
 from modelsmith.api import uri
 from modelsmith.api.common import WorkloadSpec
-from modelsmith.builders.batch import Artifacts, Owner
+from modelsmith.builders.batch import Artifacts
+from modelsmith.builders.owner import Owner
 from modelsmith.builders.storage import claims, uses_object_store
 from modelsmith.conditions import Reason
 from modelsmith.config import Settings

@@ -320,6 +320,53 @@ def test_the_endpoint_answers_with_the_trained_model_and_enforces_its_key(
     print("the model trained minutes earlier answers:", content)
 
 
+def test_a_server_that_cannot_load_its_model_says_why_in_ready(chain: ChainRun) -> None:
+    """A user's likely mistake: serving a FineTune's LoRA adapter (no mergeAdapter).
+    The real server pod refuses it and exits; its termination message, not a bare
+    "not ready", reaches Ready as RevisionFailing."""
+    adapter = chain.root / "models" / "local-adapter-only"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    for path in (adapter, adapter / "adapter_config.json"):
+        shutil.chown(path, 10001, 10001)
+    sample = yaml.safe_load((SAMPLES / "inferenceservice.yaml").read_text())
+    spec = sample["spec"] | {
+        "model": {"uri": "pvc://modelsmith-artifacts/models/local-adapter-only"},
+        "image": _served_image(chain),
+    }
+    spec.pop("apiKeySecret")
+    body = {**sample, "metadata": {"name": "local-adapter"}, "spec": spec}
+    api = client.CustomObjectsApi()
+    api.create_namespaced_custom_object(*GROUP, chain.namespace, PLURALS["InferenceService"], body)
+    try:
+
+        def failing() -> dict[str, Any] | None:
+            status = _status(chain.namespace, "InferenceService", "local-adapter")
+            ready = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
+            return ready[0] if ready and ready[0]["reason"] == "RevisionFailing" else None
+
+        ready = wait_for(failing, timeout=240, interval=2, what="Ready=False RevisionFailing")
+        assert ready["status"] == "False", ready
+        message = ready["message"]
+        assert "exited 2" in message, message  # the runtime's code for bad input
+        assert "InvalidModel" in message and "set mergeAdapter: true" in message, message
+        status = _status(chain.namespace, "InferenceService", "local-adapter")
+        assert status["phase"] == "Pending", status
+    finally:
+        api.delete_namespaced_custom_object(
+            *GROUP, chain.namespace, PLURALS["InferenceService"], "local-adapter"
+        )
+
+
+def _served_image(run: ChainRun) -> str:
+    """The server image the chain's own InferenceService runs (its pods' spec)."""
+    for pod in run.pods:
+        labels = pod.metadata.labels or {}
+        if labels.get("app.kubernetes.io/component") == "server":
+            return str(pod.spec.containers[0].image)
+    raise AssertionError("the chain left no server pod to take the image from")
+
+
 CANARY_SAMPLE = yaml.safe_load((SAMPLES / "canary.yaml").read_text())["spec"]
 CANARY = CANARY_SAMPLE["canary"]
 ANALYSIS_S = int(CANARY["analysisInterval"].removesuffix("s"))

@@ -31,7 +31,7 @@ from modelsmith.api.inference import (
 )
 from modelsmith.api.meta import ConditionStatus
 from modelsmith.batchkinds import BATCH_KINDS
-from modelsmith.builders.inference import revision_name
+from modelsmith.builders.revision import revision_name
 from modelsmith.canary.rollout import Inputs, plan
 from modelsmith.conditions import Reason, get_condition
 from modelsmith.contract import ErrorInfo

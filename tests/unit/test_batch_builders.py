@@ -13,13 +13,13 @@ from modelsmith.batchkinds import BATCH_KINDS
 from modelsmith.builders.batch import (
     Artifacts,
     Layout,
-    Owner,
     desired_configmap,
     desired_job,
     desired_ray_token,
     desired_service,
     task_config,
 )
+from modelsmith.builders.owner import Owner
 from modelsmith.config import Settings
 
 OWNER = Owner("DataPipeline", "corpus", "ml", "uid-1")

@@ -23,29 +23,26 @@ from modelsmith.api.meta import KindInfo
 from modelsmith.batchkinds import BATCH_KINDS
 from modelsmith.builders.batch import (
     Artifacts,
-    Owner,
     desired_configmap,
     desired_job,
     desired_ray_token,
     desired_service,
     task_config,
 )
-from modelsmith.builders.inference import (
+from modelsmith.builders.owner import Owner
+from modelsmith.builders.revision import (
     Revision,
-    Split,
     desired_hpa,
-    desired_httproute,
-    desired_kserve,
     desired_revision_configmap,
     desired_revision_deployment,
     desired_revision_service,
-    desired_router,
-    desired_routes_configmap,
     revision_config,
     revision_name,
-    route_table,
 )
+from modelsmith.builders.router import desired_router, desired_routes_configmap, route_table
+from modelsmith.builders.traffic import desired_httproute, desired_kserve
 from modelsmith.config import Settings
+from modelsmith.routes import Split
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 SETTINGS = Settings("registry.test/ms", "1.2.3")

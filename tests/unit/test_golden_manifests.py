@@ -21,13 +21,8 @@ import yaml
 
 from modelsmith import storagecheck
 from modelsmith.batchkinds import BATCH_KINDS
-from modelsmith.builders.batch import (
-    Owner,
-    desired_configmap,
-    desired_job,
-    desired_service,
-    task_config,
-)
+from modelsmith.builders.batch import desired_configmap, desired_job, desired_service, task_config
+from modelsmith.builders.owner import Owner
 from modelsmith.config import Settings
 from modelsmith.validation import uri_fields
 

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from modelsmith import metrics
 from modelsmith.api.inference import CanaryStage, Decision, InferenceServiceSpec
 from modelsmith.api.inference import InferenceServiceStatus as Status
-from modelsmith.builders.inference import revision_name
+from modelsmith.builders.revision import revision_name
 from modelsmith.canary.rollout import Inputs, Plan, plan
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -13,14 +13,10 @@ from modelsmith.api.inference import (
     InferenceServiceStatus,
     ServingPhase,
 )
-from modelsmith.builders.batch import Owner
-from modelsmith.builders.inference import (
-    desired_httproute,
-    desired_router,
-    placement,
-    revision_name,
-    route_table,
-)
+from modelsmith.builders.owner import Owner
+from modelsmith.builders.revision import placement, revision_name
+from modelsmith.builders.router import desired_router, route_table
+from modelsmith.builders.traffic import desired_httproute
 from modelsmith.canary.rollout import Inputs, Plan, next_wake, plan
 from modelsmith.config import Settings
 
@@ -166,7 +162,7 @@ def test_revision_identity_and_route_table() -> None:
     assert revision_name("chat", spec, "a") == revision_name("chat", scaled, "a")
     limited = _spec(limits={"maxTokens": 16})
     assert revision_name("chat", spec, "a") != revision_name("chat", limited, "a")
-    from modelsmith.builders.inference import Split
+    from modelsmith.routes import Split
 
     table = route_table(OWNER, Split("chat-a", "chat-b", 30, 10))
     assert [(r.name, r.weight) for r in table.revisions] == [("chat-a", 70), ("chat-b", 30)]
@@ -198,7 +194,7 @@ ON_NODE = {
 
 
 def test_placement_reaches_the_server_and_router_pods_and_makes_a_revision() -> None:
-    from modelsmith.builders.inference import Revision, desired_revision_deployment
+    from modelsmith.builders.revision import Revision, desired_revision_deployment
 
     placed = _spec(**ON_NODE)
     uri = "pvc://models/chat"
@@ -230,7 +226,7 @@ def test_revision_names_of_unplaced_services_did_not_change() -> None:
 
 def test_httproute_splits_pins_and_mirrors() -> None:
     from modelsmith.api.inference import GatewayRef
-    from modelsmith.builders.inference import Split
+    from modelsmith.routes import Split
 
     route = desired_httproute(OWNER, GatewayRef(name="gw"), Split("chat-a", "chat-b", 20, 5))
     rules = route["spec"]["rules"]
@@ -246,14 +242,14 @@ def test_httproute_splits_pins_and_mirrors() -> None:
 
 
 def _revision(**extra: Any) -> Any:
-    from modelsmith.builders.inference import Revision
+    from modelsmith.builders.revision import Revision
 
     spec = _spec(**extra)
     return Revision(revision_name("chat", spec, "file:///models/v1"), spec, "file:///models/v1")
 
 
 def test_vllm_runtime_runs_vllms_openai_server_from_the_same_spec() -> None:
-    from modelsmith.builders.inference import desired_revision_deployment
+    from modelsmith.builders.revision import desired_revision_deployment
 
     rev = _revision(
         runtime="vllm",
@@ -277,7 +273,7 @@ def test_vllm_runtime_runs_vllms_openai_server_from_the_same_spec() -> None:
 
 
 def test_builtin_runtime_mounts_its_task_config_and_api_key() -> None:
-    from modelsmith.builders.inference import desired_revision_deployment
+    from modelsmith.builders.revision import desired_revision_deployment
 
     rev = _revision(apiKeySecret={"name": "keys", "key": "k"})
     deploy = desired_revision_deployment(OWNER, rev, Settings("reg", "t"), replicas=None)
@@ -293,7 +289,7 @@ def test_builtin_runtime_mounts_its_task_config_and_api_key() -> None:
 
 def test_hpa_on_cpu_or_on_requests_in_flight() -> None:
     from modelsmith.api.inference import Autoscaling
-    from modelsmith.builders.inference import desired_hpa
+    from modelsmith.builders.revision import desired_hpa
 
     cpu = desired_hpa(OWNER, "chat-a", Autoscaling(maxReplicas=4, metric="cpu"))
     assert cpu["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70

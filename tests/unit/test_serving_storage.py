@@ -9,16 +9,16 @@ import pytest
 import yaml
 
 from modelsmith.api.inference import InferenceServiceSpec
-from modelsmith.builders.batch import Owner
-from modelsmith.builders.inference import (
+from modelsmith.builders.owner import Owner
+from modelsmith.builders.revision import (
     MODEL_BYTES_ANNOTATION,
     Revision,
-    desired_kserve,
     desired_revision_configmap,
     desired_revision_deployment,
     model_volume_size,
     revision_name,
 )
+from modelsmith.builders.traffic import desired_kserve
 from modelsmith.config import Settings
 from modelsmith.contract import MOUNTS_ENV
 

@@ -13,7 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 from modelsmith import storagecheck
 from modelsmith.api import uri
 from modelsmith.api.datapipeline import DataPipelineSpec
-from modelsmith.builders.batch import Owner
+from modelsmith.builders.owner import Owner
 from modelsmith.builders.storage import claim_mounts, credentials_env
 from modelsmith.conditions import Reason
 from modelsmith.config import Settings

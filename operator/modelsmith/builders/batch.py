@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelsmith.api.common import WorkloadSpec
-from modelsmith.api.meta import GROUP, VERSION
 from modelsmith.builders import storage
+from modelsmith.builders.owner import Owner
 from modelsmith.config import STATUS_AUDIENCE, Settings
 from modelsmith.contract import (
     TASK_CONFIG_DIR,
@@ -30,43 +30,6 @@ RAY_TOKEN_KEY = "token"  # noqa: S105 (a Secret key name)
 STATUS_TOKEN_DIR = "/var/run/secrets/modelsmith.io/status"  # noqa: S105 (a mount path)
 STATUS_TOKEN_SECONDS = 3600
 FAILURE_COUNT_ANNOTATION = "batch.kubernetes.io/job-index-failure-count"
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Identity of the custom resource that owns (and garbage-collects) its children."""
-
-    kind: str
-    name: str
-    namespace: str
-    uid: str
-
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": self.kind,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-
-    def labels(self, component: str) -> dict[str, str]:
-        return {
-            "app.kubernetes.io/name": f"modelsmith-{component}",
-            "app.kubernetes.io/instance": self.name,
-            "app.kubernetes.io/component": component,
-            "app.kubernetes.io/managed-by": "modelsmith",
-            f"{GROUP}/{self.kind.lower()}": self.name,
-        }
-
-    def metadata(self, name: str, component: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "namespace": self.namespace,
-            "labels": self.labels(component),
-            "ownerReferences": [self.reference()],
-        }
 
 
 @dataclass(frozen=True)

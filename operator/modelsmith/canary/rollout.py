@@ -25,9 +25,9 @@ from modelsmith.api.inference import (
     ServingPhase,
 )
 from modelsmith.api.meta import ConditionStatus
-from modelsmith.builders.inference import Split
 from modelsmith.canary.decision import TERMINAL, Observation, Policy, State, Step, decide
 from modelsmith.conditions import ConditionType, Reason, set_condition
+from modelsmith.routes import Split
 
 HISTORY = 10
 """History entries kept in status: enough to read a rollout, small enough for etcd."""

@@ -22,7 +22,6 @@ from modelsmith.api.common import BatchStatus, Phase, WorkloadSpec
 from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
 from modelsmith.batchkinds import BATCH_KINDS, PLURALS, BatchKind, batch_owner
 from modelsmith.builders.batch import (
-    Owner,
     desired_configmap,
     desired_job,
     desired_ray_token,
@@ -30,6 +29,7 @@ from modelsmith.builders.batch import (
     job_name,
     task_config,
 )
+from modelsmith.builders.owner import Owner
 from modelsmith.conditions import ConditionType, Reason, set_condition
 from modelsmith.config import Settings
 from modelsmith.handlers import preflight

@@ -32,24 +32,21 @@ from modelsmith.api.inference import (
 )
 from modelsmith.api.meta import GROUP, VERSION, ConditionStatus
 from modelsmith.batchkinds import PLURALS
-from modelsmith.builders.batch import Owner
-from modelsmith.builders.inference import (
+from modelsmith.builders.owner import Owner
+from modelsmith.builders.revision import (
     MODEL_BYTES_ANNOTATION,
     REVISION_LABEL,
     Revision,
     desired_hpa,
-    desired_httproute,
-    desired_kserve,
     desired_revision_configmap,
     desired_revision_deployment,
     desired_revision_service,
-    desired_router,
-    desired_routes_configmap,
     placement,
     revision_config,
     revision_name,
-    route_table,
 )
+from modelsmith.builders.router import desired_router, desired_routes_configmap, route_table
+from modelsmith.builders.traffic import desired_httproute, desired_kserve
 from modelsmith.canary.analysis import Target, gather
 from modelsmith.canary.rollout import Inputs, Plan, next_wake, plan
 from modelsmith.conditions import ConditionType, Reason, set_condition

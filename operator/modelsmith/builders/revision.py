@@ -1,4 +1,4 @@
-"""Desired children of an InferenceService: per-revision server, router, route, HPA.
+"""An InferenceService's revisions: per-revision task config, server Deployment, Service, HPA.
 
 Pure, like the batch builders. A revision is everything that goes into a server pod
 (model, runtime, image, resources, limits…) hashed into its name, so a change of any of
@@ -18,19 +18,15 @@ from modelsmith.api import uri
 from modelsmith.api.inference import (
     Autoscaling,
     AutoscalingMetric,
-    GatewayRef,
     InferenceServiceSpec,
     Runtime,
 )
 from modelsmith.builders import storage
-from modelsmith.builders.batch import Owner
+from modelsmith.builders.owner import Owner
 from modelsmith.config import Settings
 from modelsmith.contract import TASK_CONFIG_DIR, TASK_CONFIG_KEY, TASK_CONFIG_PATH, TaskConfig
-from modelsmith.routes import PIN_HEADER, ROUTES_KEY, Mirror, RevisionRoute, RouteTable
 
 SERVER_PORT = 8080
-ROUTER_PORT = 8080
-ROUTER_METRICS_PORT = 9090
 REVISION_LABEL = "modelsmith.io/revision"
 API_KEY_DIR = "/var/run/secrets/modelsmith.io/api-key"
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
@@ -66,20 +62,6 @@ class Revision:
     """The model's size as its producer reported it: what a fetched copy needs."""
 
 
-@dataclass(frozen=True)
-class Split:
-    """Who gets user traffic: ``weight`` percent to the canary, the rest to stable."""
-
-    stable: str
-    canary: str | None = None
-    weight: int = 0
-    mirror_percent: int = 0
-
-    @property
-    def revisions(self) -> list[str]:
-        return [self.stable] + ([self.canary] if self.canary and self.canary != self.stable else [])
-
-
 def revision_name(owner_name: str, spec: InferenceServiceSpec, model_uri: str) -> str:
     """NAME-<10 hex digits> of what the revision serves: a DNS label as it stands, since
     the API refuses longer names (INFERENCESERVICE.longest_child)."""
@@ -88,14 +70,6 @@ def revision_name(owner_name: str, spec: InferenceServiceSpec, model_uri: str) -
     identity |= {k: rendered[k] for k in _PLACEMENT_FIELDS if rendered.get(k)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{owner_name}-{digest[:10]}"
-
-
-def router_name(owner: Owner) -> str:
-    return f"{owner.name}-router"
-
-
-def routes_name(owner: Owner) -> str:
-    return f"{owner.name}-routes"
 
 
 def revision_config(owner: Owner, spec: InferenceServiceSpec, model_uri: str) -> dict[str, Any]:
@@ -196,7 +170,7 @@ def _model_storage(
     return storage.MODEL_DIR, mounts, [fetch]
 
 
-def _server_container(
+def server_container(
     owner: Owner, revision: str, spec: InferenceServiceSpec, model_uri: str, settings: Settings
 ) -> dict[str, Any]:
     """The builtin server reads its task config; vLLM and KServe's HF server take flags."""
@@ -257,23 +231,33 @@ def _server_container(
     }
 
 
-def _mount_config(
-    rev: Revision, settings: Settings, container: dict[str, Any]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def mount_config(rev: Revision, settings: Settings) -> Mounted:
     """The model's volumes and init containers; for the builtin server also its task
-    config and API key files. Returns (volumes, init containers)."""
+    config and API key files, with the mounts the server container adds for them."""
     spec = rev.spec
     _dir, model, init = _model_storage(spec, rev.model_uri, settings, rev.model_bytes)
     volumes = list(model.volumes)
     if spec.runtime != Runtime.BUILTIN:
-        return volumes, init
+        return Mounted(volumes, init, [])
     volumes.append({"name": "task-config", "configMap": {"name": rev.name}})
     mounts = [{"name": "task-config", "mountPath": TASK_CONFIG_DIR, "readOnly": True}]
     if spec.api_key_secret:
         volumes.append({"name": "api-key", "secret": {"secretName": spec.api_key_secret.name}})
         mounts.append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
-    container["volumeMounts"] = [*container["volumeMounts"], *mounts]
-    return volumes, init
+    return Mounted(volumes, init, mounts)
+
+
+@dataclass(frozen=True)
+class Mounted:
+    """What a server pod gets for its model and config: returned, not written into the
+    caller's container, so no builder changes what it was given."""
+
+    volumes: list[dict[str, Any]]
+    init_containers: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+
+    def onto(self, container: dict[str, Any]) -> dict[str, Any]:
+        return {**container, "volumeMounts": [*container["volumeMounts"], *self.mounts]}
 
 
 def placement(spec: InferenceServiceSpec) -> dict[str, Any]:
@@ -286,7 +270,7 @@ def placement(spec: InferenceServiceSpec) -> dict[str, Any]:
     return out
 
 
-def _server_pod(
+def server_pod(
     spec: InferenceServiceSpec,
     container: dict[str, Any],
     volumes: list[dict[str, Any]],
@@ -311,8 +295,9 @@ def desired_revision_deployment(
 ) -> dict[str, Any]:
     """``replicas`` None: an HPA owns the count, so apply must not fight it."""
     revision = rev.name
-    container = _server_container(owner, revision, rev.spec, rev.model_uri, settings)
-    volumes, init = _mount_config(rev, settings, container)
+    mounted = mount_config(rev, settings)
+    container = mounted.onto(server_container(owner, revision, rev.spec, rev.model_uri, settings))
+    volumes, init = mounted.volumes, mounted.init_containers
     selector = {"app.kubernetes.io/instance": owner.name, REVISION_LABEL: revision}
     meta = _revision_metadata(owner, revision)
     template_meta = {
@@ -329,7 +314,7 @@ def desired_revision_deployment(
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
         "template": {
             "metadata": template_meta,
-            "spec": _server_pod(rev.spec, container, volumes, init),
+            "spec": server_pod(rev.spec, container, volumes, init),
         },
     }
     if replicas is not None:
@@ -388,202 +373,3 @@ def desired_hpa(owner: Owner, revision: str, autoscaling: Autoscaling) -> dict[s
 
 def revision_url(owner: Owner, revision: str) -> str:
     return f"http://{revision}.{owner.namespace}.svc:{SERVER_PORT}"
-
-
-def route_table(owner: Owner, split: Split) -> RouteTable:
-    """The split the router carries out."""
-    revs = split.revisions
-    weight = split.weight if len(revs) > 1 else 0
-    routes = [RevisionRoute(name=revs[0], url=revision_url(owner, revs[0]), weight=100 - weight)]
-    mirror = None
-    if len(revs) > 1:
-        routes.append(RevisionRoute(name=revs[1], url=revision_url(owner, revs[1]), weight=weight))
-        if split.mirror_percent:
-            mirror = Mirror(revision=revs[1], percent=split.mirror_percent)
-    return RouteTable(
-        namespace=owner.namespace, service=owner.name, revisions=routes, mirror=mirror
-    )
-
-
-def desired_routes_configmap(owner: Owner, table: RouteTable) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": owner.metadata(routes_name(owner), "router"),
-        "data": {ROUTES_KEY: table.render()},
-    }
-
-
-def desired_router(
-    owner: Owner, settings: Settings, pod_placement: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
-    """The router: its identity (it may read its one ConfigMap, nothing else), its
-    Deployment (on the nodes ``pod_placement`` selects), and the Service clients call,
-    named after the InferenceService."""
-    name = router_name(owner)
-    labels = owner.labels("router")
-    selector = {"app.kubernetes.io/instance": owner.name, "app.kubernetes.io/component": "router"}
-    rule = {
-        "apiGroups": [""],
-        "resources": ["configmaps"],
-        "resourceNames": [routes_name(owner)],
-        "verbs": ["get", "list", "watch"],
-    }
-    container = {
-        "name": "router",
-        "image": settings.image("operator"),
-        "args": [
-            "router",
-            f"--configmap={owner.namespace}/{routes_name(owner)}",
-            f"--port={ROUTER_PORT}",
-            f"--metrics-port={ROUTER_METRICS_PORT}",
-        ],
-        "ports": [
-            {"name": "http", "containerPort": ROUTER_PORT},
-            {"name": "metrics", "containerPort": ROUTER_METRICS_PORT},
-        ],
-        "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "http"}, "periodSeconds": 2},
-        "livenessProbe": {"httpGet": {"path": "/-/healthy", "port": "http"}, "periodSeconds": 10},
-        "resources": {
-            # A proxy that waits on its upstreams: 100m, so two routers and two serving
-            # revisions fit a 2-core node next to the batch stage of a second chain.
-            "requests": {"cpu": "100m", "memory": "128Mi"},
-            "limits": {"memory": "256Mi"},
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": owner.metadata(name, "router"),
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": selector},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(ROUTER_METRICS_PORT),
-                    },
-                },
-                "spec": {
-                    "serviceAccountName": name,
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [container],
-                    **(pod_placement or {}),
-                },
-            },
-        },
-    }
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": owner.metadata(name, "router")},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": owner.metadata(name, "router"),
-            "rules": [rule],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": owner.metadata(name, "router"),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
-        },
-        deployment,
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": owner.metadata(owner.name, "router"),
-            "spec": {
-                "selector": selector,
-                "ports": [
-                    {"name": "http", "port": 80, "targetPort": "http"},
-                    {"name": "metrics", "port": ROUTER_METRICS_PORT, "targetPort": "metrics"},
-                ],
-            },
-        },
-    ]
-
-
-def desired_httproute(owner: Owner, gateway: GatewayRef, split: Split) -> dict[str, Any]:
-    """Gateway API: the same split, pinning header and mirror, done by the Gateway."""
-    revisions = split.revisions
-    stable = revisions[0]
-    canary = revisions[-1]
-    weight = split.weight if len(revisions) > 1 else 0
-    mirror_percent = split.mirror_percent
-    pinned = [
-        {
-            "matches": [{"headers": [{"name": PIN_HEADER, "value": rev}]}],
-            "backendRefs": [{"name": rev, "port": SERVER_PORT}],
-        }
-        for rev in revisions
-    ]
-    weighted: dict[str, Any] = {
-        "backendRefs": [
-            {"name": stable, "port": SERVER_PORT, "weight": 100 - weight},
-            *(
-                [{"name": canary, "port": SERVER_PORT, "weight": weight}]
-                if len(revisions) > 1
-                else []
-            ),
-        ]
-    }
-    if len(revisions) > 1 and mirror_percent:
-        weighted["filters"] = [
-            {
-                "type": "RequestMirror",
-                "requestMirror": {
-                    "backendRef": {"name": canary, "port": SERVER_PORT},
-                    "percent": mirror_percent,
-                },
-            }
-        ]
-    parent: dict[str, Any] = {"name": gateway.name}
-    if gateway.namespace:
-        parent["namespace"] = gateway.namespace
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": owner.metadata(owner.name, "route"),
-        "spec": {"parentRefs": [parent], "rules": [*pinned, weighted]},
-    }
-
-
-def desired_kserve(
-    owner: Owner, rev: Revision, settings: Settings, canary_percent: int | None
-) -> dict[str, Any]:
-    """KServe's own InferenceService: KServe keeps the previous revision and splits
-    traffic by canaryTrafficPercent; the analysis stays ours."""
-    revision, spec = rev.name, rev.spec
-    container = _server_container(owner, revision, spec, rev.model_uri, settings)
-    container["name"] = "kserve-container"
-    for probe in ("readinessProbe", "livenessProbe"):
-        container.pop(probe)
-    volumes, init = _mount_config(rev, settings, container)
-    predictor: dict[str, Any] = {
-        k: v for k, v in _server_pod(spec, container, volumes, init).items() if v
-    }
-    if spec.autoscaling:
-        predictor["minReplicas"] = spec.autoscaling.min_replicas
-        predictor["maxReplicas"] = spec.autoscaling.max_replicas
-    else:
-        predictor["minReplicas"] = predictor["maxReplicas"] = spec.replicas
-    if canary_percent is not None:
-        predictor["canaryTrafficPercent"] = canary_percent
-    meta = owner.metadata(owner.name, "kserve")
-    meta["annotations"] = {REVISION_LABEL: revision}
-    return {
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": meta,
-        "spec": {"predictor": predictor},
-    }
