@@ -11,6 +11,7 @@ echo "== ruff"
 ruff check operator images/runtime tests bench
 ruff format --check operator images/runtime tests bench
 echo "== mypy --strict"; mypy
+echo "== import layers"; lint-imports
 echo "== generated files"; modelsmith crds --check
 echo "== pytest"
 # Two workers (tests/conftest.py says who runs what): the cluster tiers wait on pods and

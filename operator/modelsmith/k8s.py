@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from kubernetes import client, config
+from kubernetes import client
 
 from modelsmith.api.meta import GROUP, VERSION
 from modelsmith.config import FIELD_MANAGER
@@ -35,15 +34,6 @@ _PLURALS = {
     ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
     ("kopf.dev/v1", "ClusterKopfPeering"): "clusterkopfpeerings",
 }
-
-
-def load_config() -> None:
-    """In a pod use the service account; elsewhere the current kubeconfig context."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        # Read KUBECONFIG now: the client captures its default path at import time.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
 
 
 def _path(

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from modelsmith import k8s, metrics, statusserver
+from modelsmith import k8s, kubeconfig, metrics, statusserver
 from modelsmith.batchkinds import BATCH_KINDS
 from modelsmith.config import Settings
 from modelsmith.handlers import batch, inference
@@ -47,7 +47,7 @@ def register_all() -> None:
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings)
-        k8s.load_config()
+        kubeconfig.load_config()
 
     status_port = int(os.environ.get("MODELSMITH_STATUS_PORT", "0") or 0)
     if status_port:
@@ -105,7 +105,7 @@ def run(options: RunOptions) -> int:
     import modelsmith.kopf_entry  # noqa: F401  (registers the handlers)
 
     if options.peering:
-        k8s.load_config()
+        kubeconfig.load_config()
         k8s.ensure_peering(options.peering, [] if options.all_namespaces else options.namespaces)
     health = f"http://0.0.0.0:{options.health_port}/healthz" if options.health_port else None
     kopf.run(

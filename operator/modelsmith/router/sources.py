@@ -75,7 +75,7 @@ class ConfigMapSource:
     def _run(self) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        from modelsmith.k8s import load_config
+        from modelsmith.kubeconfig import load_config
 
         backoff = 1.0
         while not self._stopping.is_set():
