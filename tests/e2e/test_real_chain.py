@@ -321,9 +321,10 @@ def test_the_endpoint_answers_with_the_trained_model_and_enforces_its_key(
 
 
 def test_a_server_that_cannot_load_its_model_says_why_in_ready(chain: ChainRun) -> None:
-    """A user's likely mistake: serving a FineTune's LoRA adapter (no mergeAdapter).
-    The real server pod refuses it and exits; its termination message, not a bare
-    "not ready", reaches Ready as RevisionFailing."""
+    """A user's likely mistake: serving a directory that was never published (an
+    adapter copied by hand, no completion marker). The real server pod refuses it and
+    exits; its termination message, not a bare "not ready", reaches Ready as
+    RevisionFailing."""
     adapter = chain.root / "models" / "local-adapter-only"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
@@ -349,7 +350,7 @@ def test_a_server_that_cannot_load_its_model_says_why_in_ready(chain: ChainRun) 
         assert ready["status"] == "False", ready
         message = ready["message"]
         assert "exited 2" in message, message  # the runtime's code for bad input
-        assert "InvalidModel" in message and "set mergeAdapter: true" in message, message
+        assert "IncompleteArtifact" in message and "not (fully) published" in message, message
         status = _status(chain.namespace, "InferenceService", "local-adapter")
         assert status["phase"] == "Pending", status
     finally:
