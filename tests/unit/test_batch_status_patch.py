@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelsmith.api.common import BatchStatus, Phase, Progress
-from modelsmith.handlers.batch import _status_patch
+from modelsmith.handlers.fresh import status_patch as _status_patch
 from tests.unit.test_mergepatch import apply
 
 RUNNING: dict[str, Any] = {
