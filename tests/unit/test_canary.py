@@ -11,17 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from modelsmith.api.inference import Canary, Decision, MetricCheck
+from modelsmith.api.inference import Canary, CanaryStatus, Decision, MetricCheck
 from modelsmith.canary.decision import (
     Observation,
     Policy,
     Stage,
-    State,
     Step,
     Verdict,
     decide,
     parse_duration,
     resolve_query,
+    start,
 )
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -45,10 +45,10 @@ def _policy(**canary: Any) -> Policy:
 
 
 def _run(
-    policy: Policy, ticks: list[tuple[timedelta, Observation]], state: State | None = None
+    policy: Policy, ticks: list[tuple[timedelta, Observation]], state: CanaryStatus | None = None
 ) -> list[Step]:
     """Feed observations at T0 + offset; return every decision."""
-    state = state or State.start(policy, T0)
+    state = state or start(policy, "canary", T0)
     steps = []
     for offset, seen in ticks:
         step = decide(policy, state, seen, T0 + offset)
@@ -198,7 +198,7 @@ def test_abort_rolls_back_at_once_and_a_finished_rollout_stays_finished() -> Non
 
 def test_shadow_first_when_mirroring_then_user_traffic() -> None:
     policy = _policy(mirrorPercent=20)
-    state = State.start(policy, T0)
+    state = start(policy, "canary", T0)
     assert (state.stage, state.weight) == (Stage.SHADOW, 0)
     steps = _run(policy, [(timedelta(0), ready(GOOD)), (MIN, ready(GOOD))], state)
     assert steps[0].mirror and steps[0].state.weight == 0, "shadow: no user traffic"
@@ -275,7 +275,7 @@ def test_any_rollout_keeps_the_invariants(
     canary: dict[str, Any], ticks: list[tuple[int, Observation]]
 ) -> None:
     policy = Policy.from_spec(Canary.model_validate({"interval": "1m"} | canary))
-    state = State.start(policy, T0)
+    state = start(policy, "canary", T0)
     now = T0
     for seconds, seen in ticks:
         now += timedelta(seconds=seconds)

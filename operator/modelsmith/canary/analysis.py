@@ -36,17 +36,19 @@ def gather(
     *,
     ready: bool,
     now: datetime,
+    policy: Policy | None = None,
 ) -> tuple[Mapping[str, float | None] | None, dict[str, str]]:
     """(samples, queries as sent); Prometheus is asked only when an analysis is due.
 
     samples None: Prometheus unreachable or not configured, which pauses the rollout.
+    ``policy``: the one the reconcile built from ``spec``, if it did.
     """
     canary = status.canary
     if spec.canary is None or canary is None or canary.revision != desired or not ready:
         return {}, {}
     if canary.stage in TERMINAL:
         return {}, {}
-    policy = Policy.from_spec(spec.canary)
+    policy = policy or Policy.from_spec(spec.canary)
     if now - (canary.last_analysis or canary.step_started) < policy.every:
         return {}, {}
     variables = {

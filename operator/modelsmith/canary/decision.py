@@ -37,7 +37,10 @@ from enum import StrEnum
 from modelsmith.api.inference import (
     BuiltinCheck,
     Canary,
+    CanaryStatus,
+    CheckStatus,
     Decision,
+    InferenceServiceSpec,
     MetricCheck,
     OnEmpty,
     parse_duration,
@@ -105,6 +108,11 @@ class Policy:
         return self.analysis_interval or self.interval
 
     @classmethod
+    def of(cls, spec: InferenceServiceSpec) -> Policy | None:
+        """The spec's canary policy; None: no canary (a new revision replaces the old)."""
+        return cls.from_spec(spec.canary) if spec.canary is not None else None
+
+    @classmethod
     def from_spec(cls, canary: Canary) -> Policy:
         if canary.steps:
             weights = tuple(w for w in canary.steps if w <= canary.max_weight)
@@ -133,27 +141,16 @@ class CheckResult:
     verdict: Verdict
 
 
-@dataclass(frozen=True)
-class State:
-    """The canary's own bookkeeping, kept in status between reconciles."""
-
-    stage: Stage
-    step: int
-    """Index into Policy.weights; -1 is the shadow step."""
-    weight: int
-    failures: int
-    inconclusive: int
-    step_started: datetime
-    last_analysis: datetime | None = None
-    checks: tuple[CheckResult, ...] = ()
-    message: str = ""
-
-    @classmethod
-    def start(cls, policy: Policy, now: datetime) -> State:
-        """A new revision: shadow first when mirroring, else weight 0 until it is ready."""
-        if policy.mirror_percent:
-            return cls(Stage.SHADOW, -1, 0, 0, 0, now, message="shadow traffic only")
-        return cls(Stage.PROGRESSING, 0, 0, 0, 0, now, message="waiting for the canary")
+def start(policy: Policy | None, revision: str, now: datetime) -> CanaryStatus:
+    """A new revision: shadow first when mirroring, else weight 0 until it is ready."""
+    if policy is not None and policy.mirror_percent:
+        stage, step, message = Stage.SHADOW, -1, "shadow traffic only"
+    else:
+        stage, step = Stage.PROGRESSING, 0
+        message = "waiting for the canary" if policy is not None else ""
+    return CanaryStatus(
+        revision=revision, stage=stage, step=step, weight=0, step_started=now, message=message
+    )
 
 
 @dataclass(frozen=True)
@@ -162,13 +159,15 @@ class Observation:
     samples: Mapping[str, float | None] | None
     """Each check's value by name (None: empty or NaN); None: Prometheus unreachable."""
     decision: Decision = Decision.AUTO
+    queries: Mapping[str, str] = field(default_factory=dict)
+    """Check name -> the PromQL the samples came from, as status shows it."""
 
 
 @dataclass(frozen=True)
 class Step:
     """The decision: the new state and, when something happened, why (for an Event)."""
 
-    state: State
+    state: CanaryStatus
     event: str | None = None
     reason: str = ""
     checks: tuple[CheckResult, ...] = field(default=())
@@ -210,37 +209,56 @@ def _describe(result: CheckResult, policy: Policy) -> str:
     return f"{result.name} = {value} ({bounds})"
 
 
-def _roll_back(state: State, now: datetime, reason: str, message: str) -> Step:
-    new = replace(state, stage=Stage.ROLLED_BACK, weight=0, step_started=now, message=message)
+def _with(state: CanaryStatus, **update: object) -> CanaryStatus:
+    """The canary's bookkeeping is its status: each decision is a copy of it with some
+    fields changed, so nothing is copied field by field to and from a second shape."""
+    return state.model_copy(update=update)
+
+
+def _recorded(results: tuple[CheckResult, ...], queries: Mapping[str, str]) -> list[CheckStatus]:
+    return [
+        CheckStatus(
+            name=r.name, query=queries.get(r.name, ""), value=r.value, verdict=str(r.verdict)
+        )
+        for r in results
+    ]
+
+
+def _roll_back(state: CanaryStatus, now: datetime, reason: str, message: str) -> Step:
+    new = _with(state, stage=Stage.ROLLED_BACK, weight=0, step_started=now, message=message)
     return Step(new, event=message, reason=reason)
 
 
-def _promote(state: State, now: datetime, reason: str, message: str) -> Step:
-    new = replace(state, stage=Stage.PROMOTED, weight=100, step_started=now, message=message)
+def _promote(state: CanaryStatus, now: datetime, reason: str, message: str) -> Step:
+    new = _with(state, stage=Stage.PROMOTED, weight=100, step_started=now, message=message)
     return Step(new, event=message, reason=reason)
 
 
-def _advance(policy: Policy, state: State, now: datetime, results: tuple[CheckResult, ...]) -> Step:
+def _advance(
+    policy: Policy, state: CanaryStatus, now: datetime, checks: list[CheckStatus]
+) -> CanaryStatus:
+    """The next step (or promotion after the last), having passed this analysis."""
     nxt = state.step + 1
     if nxt >= len(policy.weights):
-        step = _promote(state, now, "Promoted", "all checks passed on the last step: promoted")
-        return replace(step, state=replace(step.state, last_analysis=now, checks=results))
-    weight = policy.weights[nxt]
-    new = State(
-        Stage.PROGRESSING,
-        nxt,
-        weight,
-        state.failures,
-        state.inconclusive,
-        now,
+        message = "all checks passed on the last step: promoted"
+        stage, weight = Stage.PROMOTED, 100
+    else:
+        weight = policy.weights[nxt]
+        message = f"step {nxt + 1}/{len(policy.weights)}: canary weight {weight}%"
+        stage = Stage.PROGRESSING
+    return _with(
+        state,
+        stage=stage,
+        step=state.step if stage == Stage.PROMOTED else nxt,
+        weight=weight,
+        step_started=now,
         last_analysis=now,
-        checks=results,
-        message=f"step {nxt + 1}/{len(policy.weights)}: canary weight {weight}%",
+        checks=checks,
+        message=message,
     )
-    return Step(new, event=new.message, reason="StepAdvanced", checks=results)
 
 
-def decide(policy: Policy, state: State, seen: Observation, now: datetime) -> Step:
+def decide(policy: Policy, state: CanaryStatus, seen: Observation, now: datetime) -> Step:
     """The next state of a canary rollout; see the module docstring for the rules."""
     if state.stage in TERMINAL:
         return Step(state)
@@ -253,26 +271,28 @@ def decide(policy: Policy, state: State, seen: Observation, now: datetime) -> St
         return waiting
     if seen.samples is None:
         return _metrics_unavailable(policy, state, now)
-    return _after_analysis(policy, state, analyse(policy, seen.samples), now)
+    return _after_analysis(policy, state, analyse(policy, seen.samples), seen.queries, now)
 
 
-def _stalled(policy: Policy, state: State, now: datetime) -> bool:
+def _stalled(policy: Policy, state: CanaryStatus, now: datetime) -> bool:
     """No analysis (or step) for the progress deadline."""
     since = max(state.last_analysis or state.step_started, state.step_started)
     return now - since >= policy.progress_deadline
 
 
-def _before_analysis(policy: Policy, state: State, seen: Observation, now: datetime) -> Step | None:
+def _before_analysis(
+    policy: Policy, state: CanaryStatus, seen: Observation, now: datetime
+) -> Step | None:
     """Everything that happens instead of an analysis this time; None: analyse."""
     if not seen.canary_ready:
         if _stalled(policy, state, now):
             message = f"the canary was not ready within {policy.progress_deadline}: rolled back"
             return _roll_back(state, now, "ProgressDeadlineExceeded", message)
-        return Step(replace(state, message="waiting for the canary to be ready"))
+        return Step(_with(state, message="waiting for the canary to be ready"))
     if state.stage == Stage.PROGRESSING and state.weight == 0 and state.step == 0:
         # Ready at last: the first step's weight goes out now; its analysis follows.
         first = policy.weights[0]
-        new = replace(state, weight=first, step_started=now, message=f"canary weight {first}%")
+        new = _with(state, weight=first, step_started=now, message=f"canary weight {first}%")
         return Step(new, event=new.message, reason="StepAdvanced")
     if state.stage == Stage.PAUSED and state.inconclusive > policy.inconclusive_limit:
         return Step(state)  # as Argo Rollouts: an inconclusive rollout waits for a human
@@ -281,57 +301,57 @@ def _before_analysis(policy: Policy, state: State, seen: Observation, now: datet
     return None
 
 
-def _metrics_unavailable(policy: Policy, state: State, now: datetime) -> Step:
+def _metrics_unavailable(policy: Policy, state: CanaryStatus, now: datetime) -> Step:
     if _stalled(policy, state, now):
         message = "Prometheus unreachable for the whole progress deadline: rolled back"
         return _roll_back(state, now, "ProgressDeadlineExceeded", message)
-    paused = replace(state, stage=Stage.PAUSED, message="Prometheus unreachable: paused")
+    paused = _with(state, stage=Stage.PAUSED, message="Prometheus unreachable: paused")
     event = paused.message if state.stage != Stage.PAUSED else None
     return Step(paused, event=event, reason="MetricsUnavailable")
 
 
 def _after_analysis(
-    policy: Policy, state: State, results: tuple[CheckResult, ...], now: datetime
+    policy: Policy,
+    state: CanaryStatus,
+    results: tuple[CheckResult, ...],
+    queries: Mapping[str, str],
+    now: datetime,
 ) -> Step:
     resumed = Stage.SHADOW if state.step < 0 else Stage.PROGRESSING
+    analysed = _with(state, last_analysis=now, checks=_recorded(results, queries))
     failed = [r for r in results if r.verdict == Verdict.FAIL]
     if failed:
         failures = state.failures + 1
         why = "; ".join(_describe(r, policy) for r in failed)
         if failures > policy.failure_limit:
             message = f"rolled back after {failures} failed analyses: {why}"
-            step = _roll_back(state, now, "AnalysisFailed", message)
-            new = replace(step.state, failures=failures, last_analysis=now, checks=results)
-            return replace(step, state=new, checks=results)
-        new = replace(
-            state,
+            step = _roll_back(_with(analysed, failures=failures), now, "AnalysisFailed", message)
+            return replace(step, checks=results)
+        new = _with(
+            analysed,
             stage=resumed,
             failures=failures,
-            last_analysis=now,
-            checks=results,
             message=f"analysis failed ({failures}/{policy.failure_limit} tolerated): {why}",
         )
         return Step(new, event=new.message, reason="AnalysisFailed", checks=results)
     if any(r.verdict == Verdict.INCONCLUSIVE for r in results):
         inconclusive = state.inconclusive + 1
         over = inconclusive > policy.inconclusive_limit
-        new = replace(
-            state,
+        new = _with(
+            analysed,
             stage=Stage.PAUSED if over else resumed,
             inconclusive=inconclusive,
-            last_analysis=now,
-            checks=results,
             message=f"analysis inconclusive ({inconclusive}/{policy.inconclusive_limit})"
             + (": paused until decision Promote or Abort" if over else ""),
         )
         return Step(new, event=new.message, reason="AnalysisInconclusive", checks=results)
     if now - state.step_started < policy.interval:
-        new = replace(
-            state,
+        new = _with(
+            analysed,
             stage=resumed,
-            last_analysis=now,
-            checks=results,
             message=f"analysis passed; step {max(state.step, 0) + 1} lasts {policy.interval}",
         )
         return Step(new, checks=results)
-    return _advance(policy, replace(state, stage=resumed), now, results)
+    new = _advance(policy, _with(state, stage=resumed), now, analysed.checks)
+    reason = "Promoted" if new.stage == Stage.PROMOTED else "StepAdvanced"
+    return Step(new, event=new.message, reason=reason, checks=results)

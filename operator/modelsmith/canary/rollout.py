@@ -18,14 +18,13 @@ from modelsmith.api.inference import (
     CanaryEvent,
     CanaryStage,
     CanaryStatus,
-    CheckStatus,
     Decision,
     InferenceServiceSpec,
     InferenceServiceStatus,
     ServingPhase,
 )
 from modelsmith.api.meta import ConditionStatus
-from modelsmith.canary.decision import TERMINAL, Observation, Policy, State, Step, decide
+from modelsmith.canary.decision import TERMINAL, Observation, Policy, Step, decide, start
 from modelsmith.conditions import ConditionType, Reason, set_condition
 from modelsmith.routes import Split
 
@@ -53,6 +52,13 @@ class Inputs:
     failing: Mapping[str, str] = field(default_factory=dict)
     """Revision -> why its pods fail (a crash, an image that cannot be pulled): what
     Ready says instead of "not ready yet" while nothing serves."""
+    policy: Policy | None = field(default=None)
+    """The spec's canary policy, built once per reconcile by whoever made these inputs
+    (the same one its analysis used); left out, it is built here from ``spec``."""
+
+    def __post_init__(self) -> None:
+        if self.policy is None and self.spec.canary is not None:
+            object.__setattr__(self, "policy", Policy.from_spec(self.spec.canary))
 
 
 @dataclass
@@ -60,7 +66,7 @@ class Plan:
     status: InferenceServiceStatus
     split: Split
     events: list[tuple[str, str, str]] = field(default_factory=list)
-    """(type, reason, message) for kopf.event."""
+    """(type, reason, message) for the resource's Events."""
     scaled_down: str | None = None
     """A rolled-back canary: its Deployment stays, at zero replicas, for inspection."""
 
@@ -69,99 +75,66 @@ class Plan:
         return [*self.split.revisions, *([self.scaled_down] if self.scaled_down else [])]
 
 
-def _state(c: CanaryStatus) -> State:
-    return State(
-        stage=c.stage,
-        step=c.step,
-        weight=c.weight,
-        failures=c.failures,
-        inconclusive=c.inconclusive,
-        step_started=c.step_started,
-        last_analysis=c.last_analysis,
-        message=c.message,
-    )
-
-
-def _record(
-    previous: CanaryStatus, step: Step, queries: Mapping[str, str], now: datetime
-) -> CanaryStatus:
-    s = step.state
-    checks = previous.checks
-    if s.checks and s.last_analysis == now:
-        checks = [
-            CheckStatus(
-                name=r.name, query=queries.get(r.name, ""), value=r.value, verdict=str(r.verdict)
-            )
-            for r in s.checks
-        ]
-    history = list(previous.history)
-    if step.event:
-        entry = CanaryEvent(time=now, reason=step.reason, message=step.event, weight=s.weight)
-        history = [*history, entry][-HISTORY:]
-    return CanaryStatus(
-        revision=previous.revision,
-        stage=s.stage,
-        step=s.step,
-        weight=s.weight,
-        failures=s.failures,
-        inconclusive=s.inconclusive,
-        step_started=s.step_started,
-        last_analysis=s.last_analysis,
-        message=s.message,
-        checks=checks,
-        history=history,
-    )
+def _record(previous: CanaryStatus, step: Step, now: datetime) -> CanaryStatus:
+    """The decided status, with the decision in the rollout's short history."""
+    if not step.event:
+        return step.state
+    entry = CanaryEvent(time=now, reason=step.reason, message=step.event, weight=step.state.weight)
+    return step.state.model_copy(update={"history": [*previous.history, entry][-HISTORY:]})
 
 
 def _start(inputs: Inputs, superseded: CanaryStatus | None) -> tuple[CanaryStatus, str]:
     now = inputs.now
-    policy = Policy.from_spec(inputs.spec.canary) if inputs.spec.canary else None
-    state = State.start(policy, now) if policy else State(CanaryStage.PROGRESSING, 0, 0, 0, 0, now)
-    how = "canary" if policy else "replacement (no canary spec)"
+    how = "canary" if inputs.policy else "replacement (no canary spec)"
     message = f"new revision {inputs.revision} starts as {how}"
     if superseded is not None and superseded.stage not in TERMINAL:
         message += f"; unfinished rollout of {superseded.revision} superseded"
-    status = CanaryStatus(
-        revision=inputs.revision,
-        stage=state.stage,
-        step=state.step,
-        weight=state.weight,
-        step_started=now,
-        message=state.message,
-        history=[CanaryEvent(time=now, reason="CanaryStarted", message=message, weight=0)],
+    status = start(inputs.policy, inputs.revision, now).model_copy(
+        update={
+            "history": [CanaryEvent(time=now, reason="CanaryStarted", message=message, weight=0)]
+        }
     )
     return status, message
 
 
+def _ended(canary: CanaryStatus, stage: CanaryStage, now: datetime, message: str) -> CanaryStatus:
+    """A rollout over without analysis: no step, no counts, no last analysis kept."""
+    update = {
+        "stage": stage,
+        "step": 0,
+        "weight": 100 if stage == CanaryStage.PROMOTED else 0,
+        "failures": 0,
+        "inconclusive": 0,
+        "step_started": now,
+        "last_analysis": None,
+        "message": message,
+    }
+    return canary.model_copy(update=update)
+
+
 def _replace(inputs: Inputs, canary: CanaryStatus) -> Step:
     """No canary spec: all traffic moves the moment the new revision is ready."""
-    state = _state(canary)
     if inputs.ready.get(canary.revision):
         message = "new revision ready: replaced (no canary spec)"
-        return Step(
-            State(CanaryStage.PROMOTED, 0, 100, 0, 0, inputs.now, message=message),
-            event=message,
-            reason="Promoted",
-        )
+        promoted = _ended(canary, CanaryStage.PROMOTED, inputs.now, message)
+        return Step(promoted, event=message, reason="Promoted")
     if inputs.now - canary.step_started >= REPLACE_DEADLINE:
         message = f"the new revision was not ready within {REPLACE_DEADLINE}: rolled back"
-        return Step(
-            State(CanaryStage.ROLLED_BACK, 0, 0, 0, 0, inputs.now, message=message),
-            event=message,
-            reason="ProgressDeadlineExceeded",
-        )
-    return Step(state)
+        rolled_back = _ended(canary, CanaryStage.ROLLED_BACK, inputs.now, message)
+        return Step(rolled_back, event=message, reason="ProgressDeadlineExceeded")
+    return Step(canary)
 
 
 def _advance_canary(inputs: Inputs, canary: CanaryStatus) -> Step:
-    if inputs.spec.canary is None:
+    if inputs.policy is None:
         return _replace(inputs, canary)
     seen = Observation(
         canary_ready=bool(inputs.ready.get(canary.revision)),
         samples=inputs.samples,
         decision=inputs.decision,
+        queries=inputs.queries,
     )
-    return decide(Policy.from_spec(inputs.spec.canary), _state(canary), seen, inputs.now)
+    return decide(inputs.policy, canary, seen, inputs.now)
 
 
 def plan(inputs: Inputs, current: InferenceServiceStatus) -> Plan:
@@ -179,16 +152,20 @@ def plan(inputs: Inputs, current: InferenceServiceStatus) -> Plan:
         and canary.stage not in TERMINAL
     ):
         message = f"spec reverted to {stable}: rollout of {canary.revision} rolled back"
-        step = Step(
-            State(CanaryStage.ROLLED_BACK, canary.step, 0, canary.failures, 0, inputs.now),
-            event=message,
-            reason="SpecReverted",
-        )
-        canary = _record(canary, step, inputs.queries, inputs.now)
+        update = {
+            "stage": CanaryStage.ROLLED_BACK,
+            "weight": 0,
+            "inconclusive": 0,
+            "step_started": inputs.now,
+            "last_analysis": None,
+            "message": message,
+        }
+        step = Step(canary.model_copy(update=update), event=message, reason="SpecReverted")
+        canary = _record(canary, step, inputs.now)
         events.append(("Warning", "SpecReverted", message))
     if canary is not None and canary.stage not in TERMINAL and canary.revision != stable:
         step = _advance_canary(inputs, canary)
-        canary = _record(canary, step, inputs.queries, inputs.now)
+        canary = _record(canary, step, inputs.now)
         if step.event:
             kind = (
                 "Warning"
@@ -201,7 +178,7 @@ def plan(inputs: Inputs, current: InferenceServiceStatus) -> Plan:
     active = canary is not None and canary.stage not in TERMINAL and canary.revision != stable
     split = Split(stable)
     if active and canary is not None:
-        mirror = inputs.spec.canary.mirror_percent if inputs.spec.canary else 0
+        mirror = inputs.policy.mirror_percent if inputs.policy else 0
         shadow = canary.stage == CanaryStage.SHADOW
         split = Split(stable, canary.revision, canary.weight, mirror if shadow else 0)
     rolled_back = (
@@ -291,14 +268,18 @@ readiness event then delays a step by seconds, not until the next analysis."""
 
 
 def next_wake(
-    status: InferenceServiceStatus, spec: InferenceServiceSpec, now: datetime
+    status: InferenceServiceStatus,
+    spec: InferenceServiceSpec,
+    now: datetime,
+    policy: Policy | None = None,
 ) -> float | None:
-    """Seconds until this rollout needs a reconcile that no event will bring; None: never."""
+    """Seconds until this rollout needs a reconcile that no event will bring; None: never.
+    ``policy``: the one the reconcile built from ``spec``, if it did."""
     canary = status.canary
     if canary is None or status.canary_revision is None:
         return None
     if spec.canary is None:
         return RESYNC_S
-    policy = Policy.from_spec(spec.canary)
+    policy = policy or Policy.from_spec(spec.canary)
     due = (canary.last_analysis or canary.step_started) + policy.every
     return min(max((due - now).total_seconds(), 0.5), RESYNC_S)

@@ -36,6 +36,7 @@ from modelsmith.builders.revision import (
     revision_name,
 )
 from modelsmith.canary.analysis import Target, gather
+from modelsmith.canary.decision import Policy
 from modelsmith.canary.rollout import Inputs, next_wake, plan
 from modelsmith.conditions import ConditionType, Reason, set_condition
 from modelsmith.config import Settings
@@ -164,6 +165,7 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         else {rev: revisions.available(d) for rev, d in deployments.items()}
     )
     decision = _decision(body, spec)
+    policy = Policy.of(spec)
     samples, queries = gather(
         settings.prometheus_url,
         Target(owner.namespace, owner.name),
@@ -172,6 +174,7 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         desired.name,
         ready=ready.get(desired.name, False),
         now=now,
+        policy=policy,
     )
     result = plan(
         Inputs(
@@ -185,6 +188,7 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
             now,
             gen,
             failing={} if kserve else revisions.failing(owner, ready),
+            policy=policy,
         ),
         current,
     )
@@ -208,7 +212,7 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         k8s.patch_metadata(
             PLURAL, owner.namespace, owner.name, {"annotations": {DECISION_ANNOTATION: None}}
         )
-    wake = next_wake(result.status, spec, now)
+    wake = next_wake(result.status, spec, now, policy)
     if result.status.phase == ServingPhase.PENDING and not kserve:
         wake = min(wake or NOT_SERVING_RESYNC_S, NOT_SERVING_RESYNC_S)
     return wake
