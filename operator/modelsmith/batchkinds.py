@@ -57,7 +57,7 @@ def _pretrain_layout(s: PretrainJobSpec) -> Layout:
         "trainer",
         "pretrain",
         workers=d.nodes,
-        gpus_per_worker=d.gpus_per_node,
+        gpus_per_worker=s.resources.gpus,
         torchrun=d.launcher == Launcher.TORCHRUN,
         ray=d.launcher == Launcher.RAY,
     )

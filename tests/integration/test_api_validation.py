@@ -160,6 +160,13 @@ CASES: list[tuple[str, str, Any, str]] = [
         [{"name": "e", "builtin": "p50", "max": 1}],
         "spec.canary.metrics[0].builtin",
     ),
+    # v1alpha1's clean break: GPUs per pod are resources.gpus, in every kind
+    (
+        "PretrainJob",
+        "distribution.gpusPerNode",
+        8,
+        'unknown field "spec.distribution.gpusPerNode"',
+    ),
     # dangling and malformed references
     (
         "PretrainJob",
@@ -202,6 +209,12 @@ COMBINED: list[tuple[str, dict[str, Any], str]] = [
         "QuantizeJob",
         {"method": "fp8", "groupSize": None, "resources.gpus": 0},
         "method fp8 needs resources.gpus of 1 or more",
+    ),
+    (
+        "PretrainJob",
+        {"resources.gpus": 3},
+        "globalBatchSize must be a multiple of microBatchSize * distribution.nodes * "
+        "resources.gpus",
     ),
 ]
 

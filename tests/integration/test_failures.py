@@ -50,7 +50,8 @@ def _pretrain(annotations: dict[str, str]) -> dict[str, Any]:
         "dataset": {"uri": "/data/shards"},
         "architecture": {"layers": 2, "hiddenSize": 128, "heads": 4},
         "training": {"globalBatchSize": 8, "microBatchSize": 1, "learningRate": 1e-3, "steps": 100},
-        "distribution": {"nodes": 1, "gpusPerNode": 8},
+        "distribution": {"nodes": 1},
+        "resources": {"gpus": 8},
         "podMetadata": {"annotations": annotations},
         "output": {"uri": "/data/model"},
     }

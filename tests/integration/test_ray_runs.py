@@ -21,7 +21,8 @@ def _pretrain_ray() -> dict[str, Any]:
         "dataset": {"uri": "/data/shards"},
         "architecture": {"layers": 2, "hiddenSize": 128, "heads": 4},
         "training": {"globalBatchSize": 16, "microBatchSize": 1, "learningRate": 1e-3, "steps": 5},
-        "distribution": {"nodes": 2, "gpusPerNode": 8, "launcher": "ray"},
+        "distribution": {"nodes": 2, "launcher": "ray"},
+        "resources": {"gpus": 8},
         "output": {"uri": "/data/model"},
     }
 

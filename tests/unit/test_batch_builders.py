@@ -35,7 +35,7 @@ def _data(**extra: object) -> DataPipelineSpec:
     )
 
 
-def _pretrain(**distribution: object) -> PretrainJobSpec:
+def _pretrain(gpus: int = 8, **distribution: object) -> PretrainJobSpec:
     return PretrainJobSpec.model_validate(
         {
             "dataset": {"fromRef": {"kind": "DataPipeline", "name": "corpus"}},
@@ -47,6 +47,7 @@ def _pretrain(**distribution: object) -> PretrainJobSpec:
                 "steps": 10,
             },
             "distribution": distribution,
+            "resources": {"gpus": gpus},
             "output": {"uri": "/m"},
         }
     )
@@ -86,7 +87,7 @@ def test_gpus_are_requested_only_when_asked_for() -> None:
 
 
 def test_multinode_pretraining_gets_torchrun_rendezvous_and_a_headless_service() -> None:
-    spec = _pretrain(nodes=2, gpusPerNode=8)
+    spec = _pretrain(nodes=2, gpus=8)
     owner = Owner("PretrainJob", "llm", "ml", "uid-2")
     layout = KIND["PretrainJob"].layout(spec)
     assert layout == Layout("trainer", "pretrain", workers=2, gpus_per_worker=8, torchrun=True)
@@ -103,7 +104,7 @@ def test_multinode_pretraining_gets_torchrun_rendezvous_and_a_headless_service()
 
 
 def test_a_pretrainjob_without_gpus_runs_one_cpu_process_per_pod() -> None:
-    spec = _pretrain(gpusPerNode=0, strategy="ddp")
+    spec = _pretrain(gpus=0, strategy="ddp")
     layout = KIND["PretrainJob"].layout(spec)
     assert layout.gpus_per_worker == 0
     job = desired_job(Owner("PretrainJob", "cpu", "ml", "uid-3"), spec, layout, SETTINGS, OUT)
@@ -220,7 +221,7 @@ def test_fine_tuning_on_several_gpus_is_one_process_without_torchrun_env() -> No
 def test_ray_runs_form_a_cluster_around_pod_0_and_finish_when_pod_0_does() -> None:
     owner = Owner("PretrainJob", "big", "ml", "uid-2")
     kind = KIND["PretrainJob"]
-    layout = kind.layout(_pretrain(nodes=3, gpusPerNode=8, launcher="ray"))
+    layout = kind.layout(_pretrain(nodes=3, gpus=8, launcher="ray"))
     assert layout.ray and not layout.torchrun
     job = desired_job(owner, _pretrain(nodes=3, launcher="ray"), layout, SETTINGS, OUT)
     env = _env(job)

@@ -64,7 +64,8 @@ def test_bad_input_under_torchrun_still_exits_2(tmp_path: Path) -> None:
         str(dataset),
         str(tmp_path / "model"),
         architecture={**moe, "capacityFactor": 1.25},
-        distribution={"strategy": "fsdp", "gpusPerNode": 2},
+        distribution={"strategy": "fsdp"},
+        resources={"gpus": 2},
     )
     run = run_component("pretrain", config, tmp_path / "run", env=pod_env(2))
     assert run.returncode == ExitCode.BAD_INPUT, run.output

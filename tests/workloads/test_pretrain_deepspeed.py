@@ -44,9 +44,12 @@ from tests.workloads.tiny_dataset import (
 
 CLI = [sys.executable, "-m", "modelsmith_runtime.cli", "pretrain"]
 MOE = {"type": "moe", "experts": 4, "topK": 2, "intermediateSize": 128, "auxLossCoef": 0.01}
-ZERO2 = {"strategy": "deepspeed", "zeroStage": 2, "gpusPerNode": 2}
-ZERO3_OFFLOAD = {"strategy": "deepspeed", "zeroStage": 3, "offload": "cpu", "gpusPerNode": 2}
-ZERO1 = {"strategy": "deepspeed", "zeroStage": 1, "gpusPerNode": 1}
+ZERO2 = {"distribution": {"strategy": "deepspeed", "zeroStage": 2}, "resources": {"gpus": 2}}
+ZERO3_OFFLOAD = {
+    "distribution": {"strategy": "deepspeed", "zeroStage": 3, "offload": "cpu"},
+    "resources": {"gpus": 2},
+}
+ZERO1 = {"distribution": {"strategy": "deepspeed", "zeroStage": 1}, "resources": {"gpus": 1}}
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def runs(dataset: tuple[str, dict[str, Any]], tmp_path_factory: pytest.TempPathF
         architecture=MOE,
         training={"steps": 20},
         precision="bf16",
-        distribution=ZERO1,
+        **ZERO1,
     )
     remote["output"] = f"local://{root / 'zero1' / 'model'}"
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -158,16 +161,16 @@ def runs(dataset: tuple[str, dict[str, Any]], tmp_path_factory: pytest.TempPathF
             _rolled_back, remote, root / "zero1", root / "zero1" / "model-checkpoints"
         )
         zero2 = pool.submit(
-            run_component, "pretrain", config("z2", distribution=ZERO2), root / "z2", env=pod_env(2)
+            run_component, "pretrain", config("z2", **ZERO2), root / "z2", env=pod_env(2)
         )
         zero3 = pool.submit(
             run_component,
             "pretrain",
-            config("z3", distribution=ZERO3_OFFLOAD),
+            config("z3", **ZERO3_OFFLOAD),
             root / "z3",
             env=pod_env(2),
         )
-        killed = pool.submit(_killed_and_resumed, config("kill", distribution=ZERO2), root / "kill")
+        killed = pool.submit(_killed_and_resumed, config("kill", **ZERO2), root / "kill")
         done = Runs(
             reference.result(), zero2.result(), zero3.result(), killed.result(), zero1.result()
         )
@@ -316,7 +319,7 @@ def test_a_deepspeed_checkpoint_is_not_resumed_by_another_strategy(
     would read them otherwise stops with exit 2 instead of retrying forever."""
     assert runs.zero2.result is not None
     shutil.copytree(f"{runs.zero2.result.uri}-checkpoints", tmp_path / "model-checkpoints")
-    config = pretrain_config(dataset[0], str(tmp_path / "model"), distribution=ZERO1)
+    config = pretrain_config(dataset[0], str(tmp_path / "model"), **ZERO1)
     run = run_component("pretrain", config, tmp_path / "run")
     assert run.returncode == ExitCode.BAD_INPUT, run.output
     assert run.result is not None and run.result.error is not None

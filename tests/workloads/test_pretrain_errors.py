@@ -78,7 +78,7 @@ def test_dataset_without_tokenizer(tmp_path: Path) -> None:
         ({"distribution": {"strategy": "ddp", "offload": "cpu"}}, "InvalidSpec",
          "fsdp or deepspeed"),
         ({"distribution": {"strategy": "fsdp", "zeroStage": 2}}, "InvalidSpec", "zeroStage"),
-        ({"distribution": {"strategy": "ddp", "gpusPerNode": 3, "launcher": "ray"}},
+        ({"distribution": {"strategy": "ddp", "launcher": "ray"}, "resources": {"gpus": 3}},
          "InvalidSpec", "x 3 ranks"),  # Ray's 3 workers, checked before Ray starts
         ({"architecture": {"type": "moe", "layers": 2, "hiddenSize": 64, "heads": 4,
                            "experts": 4, "capacityFactor": 1.25}}, "Unsupported", "dropless"),

@@ -42,9 +42,15 @@ from tests.workloads.conftest import Run, pod_env, run_component
 from tests.workloads.tiny_dataset import pretrain_config, publish_dataset, train_records
 
 CLI = [sys.executable, "-m", "modelsmith_runtime.cli", "pretrain"]
-RAY_TWO_WORKERS = {"strategy": "ddp", "gpusPerNode": 2, "launcher": "ray"}
-TORCHRUN_TWO_RANKS = {"strategy": "ddp", "gpusPerNode": 2}
-RAY_TWO_NODES = {"strategy": "ddp", "nodes": 2, "gpusPerNode": 1, "launcher": "ray"}
+RAY_TWO_WORKERS = {
+    "distribution": {"strategy": "ddp", "launcher": "ray"},
+    "resources": {"gpus": 2},
+}
+TORCHRUN_TWO_RANKS = {"distribution": {"strategy": "ddp"}, "resources": {"gpus": 2}}
+RAY_TWO_NODES = {
+    "distribution": {"strategy": "ddp", "nodes": 2, "launcher": "ray"},
+    "resources": {"gpus": 1},
+}
 
 
 @dataclass(frozen=True)
@@ -146,13 +152,13 @@ def _diverging(dataset: str, workdir: Path, env: dict[str, str]) -> Run:
         str(workdir / "model"),
         training=training,
         precision="fp16",
-        distribution=RAY_TWO_WORKERS,
+        **RAY_TWO_WORKERS,
     )
     return run_component("pretrain", config, workdir, env=env)
 
 
 def _kill_and_resume(dataset: str, workdir: Path, env: dict[str, str]) -> tuple[Killed, Run]:
-    config = pretrain_config(dataset, str(workdir / "model"), distribution=RAY_TWO_NODES)
+    config = pretrain_config(dataset, str(workdir / "model"), **RAY_TWO_NODES)
     killed = _kill_a_worker_after_first_checkpoint(config, workdir, env)
     return killed, run_component("pretrain", config, workdir, env=env)
 
@@ -162,9 +168,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, ray_tmp: Path) -> Runs:
     root = tmp_path_factory.mktemp("ray")
     dataset = str(root / "dataset")
     publish_dataset(dataset)
-    ray_config = pretrain_config(dataset, str(root / "ray" / "model"), distribution=RAY_TWO_WORKERS)
+    ray_config = pretrain_config(dataset, str(root / "ray" / "model"), **RAY_TWO_WORKERS)
     torchrun_config = pretrain_config(
-        dataset, str(root / "torchrun" / "model"), distribution=TORCHRUN_TWO_RANKS
+        dataset, str(root / "torchrun" / "model"), **TORCHRUN_TWO_RANKS
     )
 
     def first_lane() -> tuple[Run, Run, Run]:

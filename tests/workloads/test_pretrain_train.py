@@ -232,7 +232,8 @@ def test_two_rank_torchrun_matches_the_single_process_run(
         dataset[0],
         str(output),
         architecture=MOE if moe else None,
-        distribution={"strategy": strategy, "gpusPerNode": 2},
+        distribution={"strategy": strategy},
+        resources={"gpus": 2},
     )
     run = run_component("pretrain", config, tmp_path, env=pod_env(2))
     assert run.returncode == 0, run.output

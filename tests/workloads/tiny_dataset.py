@@ -128,7 +128,7 @@ def pretrain_config(
             **(training or {}),
         },
         "precision": "fp32",
-        "distribution": {"strategy": "ddp", "gpusPerNode": 1},
+        "distribution": {"strategy": "ddp"},
         "checkpoint": {"intervalSteps": 10, "keepLast": 2},
         **spec,
     }

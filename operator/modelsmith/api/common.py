@@ -131,7 +131,13 @@ class Storage(CamelModel):
 class Resources(CamelModel):
     """Compute requested for each worker pod."""
 
-    gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per worker.")
+    gpus: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="nvidia.com/gpu per worker (pod). A PretrainJob runs one training "
+        "process per GPU; 0 asks for no GPU and runs one process per pod on the CPU.",
+    )
     cpu: Quantity = Field(default="1", description="CPU per worker (e.g. 4 or 500m).")
     memory: Quantity = Field(default="2Gi", description="Memory per worker (e.g. 16Gi).")
 

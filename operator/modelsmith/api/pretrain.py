@@ -137,13 +137,6 @@ class Distribution(CamelModel):
     )
 
     nodes: int = Field(default=1, ge=1, le=1024, description="Nodes (one pod each).")
-    gpus_per_node: int = Field(
-        default=8,
-        ge=0,
-        le=16,
-        description="GPUs each pod requests, one training process each; 0 asks for no GPU "
-        "and runs one process per pod on the CPU (a cluster without GPUs, a smoke test).",
-    )
     strategy: Strategy = Field(default=Strategy.FSDP, description="Data-parallel strategy.")
     zero_stage: int | None = Field(default=None, ge=1, le=3, description="DeepSpeed ZeRO stage.")
     offload: Offload = Field(default=Offload.NONE, description="Offload optimizer state.")
@@ -165,13 +158,9 @@ class PretrainJobSpec(WorkloadSpec):
         (
             "self.training.globalBatchSize % (self.training.microBatchSize * "
             "self.distribution.nodes * "
-            "(self.distribution.gpusPerNode == 0 ? 1 : self.distribution.gpusPerNode)) == 0",
-            "training.globalBatchSize must be a multiple of microBatchSize * nodes * "
-            "gpusPerNode (one process per pod when gpusPerNode is 0)",
-        ),
-        (
-            "self.resources.gpus == 0 || self.resources.gpus == self.distribution.gpusPerNode",
-            "resources.gpus must equal distribution.gpusPerNode (or be left at 0)",
+            "(self.resources.gpus == 0 ? 1 : self.resources.gpus)) == 0",
+            "training.globalBatchSize must be a multiple of microBatchSize * "
+            "distribution.nodes * resources.gpus (one process per pod when gpus is 0)",
         ),
     )
 

@@ -1,8 +1,8 @@
 """`distribution.launcher: ray`: the torchrun ranks' own training, started by Ray Train.
 
 The run's pods form a Ray cluster (raycluster.py) and this driver, on pod 0, asks Ray
-Train for one worker per GPU (nodes x gpusPerNode). Ray Train sets up the process group
-and RANK/WORLD_SIZE/LOCAL_RANK, and each worker runs `session.train`, the very function
+Train for one worker per GPU (distribution.nodes x resources.gpus). Ray Train sets up
+the process group and RANK/WORLD_SIZE/LOCAL_RANK, and each worker runs `session.train`, the very function
 a torchrun rank runs: the same data split, checkpoints on shared storage, exact resume,
 metrics and publishing. Ray Train's own checkpointing and retries stay off: the
 CheckpointStore already resumes exactly, and the Kubernetes Job owns retries, so a
@@ -199,7 +199,7 @@ def failure(error: BaseException, plan: Plan) -> BadInputError | TransientError:
 def run(task_config: Path, plan: Plan) -> Result:
     """Train on the Ray cluster; rank 0's Result, or the contract error of the attempt."""
     d = plan.spec.distribution
-    workers = d.nodes * max(d.gpus_per_node, 1)  # gpusPerNode 0: one CPU worker per node
+    workers = d.nodes * max(plan.spec.resources.gpus, 1)  # gpus 0: one CPU worker per node
     check_spec(plan.spec, workers)  # the batch split over Ray's workers, before Ray starts
     for name, value in DRIVER_ENV.items():
         os.environ[name] = value
