@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from modelsmith.api.inference import CanaryStage, CanaryStatus
+from modelsmith.api.canary import CanaryStage, CanaryStatus
 
 API_REQUESTS = Counter(
     "modelsmith_api_requests_total", "Kubernetes API requests the operator made.", ["method"]

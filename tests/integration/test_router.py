@@ -24,7 +24,7 @@ import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelsmith.api.inference import BuiltinCheck, MetricCheck
+from modelsmith.api.canary import BuiltinCheck, MetricCheck
 from modelsmith.canary import promql
 from modelsmith.canary.decision import resolve_query
 from modelsmith.devcluster import prometheus

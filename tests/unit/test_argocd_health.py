@@ -21,14 +21,9 @@ from hypothesis import strategies as st
 
 from modelsmith import argocd
 from modelsmith.api import INFERENCESERVICE, KINDS
+from modelsmith.api.canary import CanaryStage, Decision
 from modelsmith.api.common import BatchStatus, Phase
-from modelsmith.api.inference import (
-    CanaryStage,
-    Decision,
-    InferenceServiceSpec,
-    InferenceServiceStatus,
-    ServingPhase,
-)
+from modelsmith.api.inference import InferenceServiceSpec, InferenceServiceStatus, ServingPhase
 from modelsmith.api.meta import ConditionStatus
 from modelsmith.batchkinds import BATCH_KINDS
 from modelsmith.builders.revision import revision_name

@@ -41,7 +41,7 @@ def _pretrain(gpus: int = 8, **distribution: object) -> PretrainJobSpec:
             "dataset": {"fromRef": {"kind": "DataPipeline", "name": "corpus"}},
             "architecture": {"layers": 2, "hiddenSize": 128, "heads": 4},
             "training": {
-                "globalBatchSize": 32,
+                "globalBatchSize": 96,
                 "microBatchSize": 2,
                 "learningRate": 1e-3,
                 "steps": 10,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from modelsmith.api.inference import Canary, CanaryStatus, Decision, MetricCheck
+from modelsmith.api.canary import Canary, CanaryStatus, Decision, MetricCheck
 from modelsmith.canary.decision import (
     Observation,
     Policy,
@@ -209,7 +209,8 @@ def test_shadow_first_when_mirroring_then_user_traffic() -> None:
 def test_step_weight_climbs_to_max_weight() -> None:
     policy = Policy.from_spec(Canary.model_validate({"stepWeight": 20, "maxWeight": 50}))
     assert policy.weights == (20, 40)
-    assert Policy.from_spec(Canary.model_validate({"steps": [5, 30, 80]})).weights == (5, 30)
+    with pytest.raises(ValidationError, match=r"canary\.steps must not exceed maxWeight"):
+        Canary.model_validate({"steps": [5, 30, 80]})  # maxWeight 50: refused, not trimmed
 
 
 def test_queries_resolve_builtins_and_custom_variables() -> None:
@@ -249,20 +250,22 @@ observations = st.builds(
     samples=st.one_of(st.none(), st.fixed_dictionaries({"errors": values, "p99": values})),
     decision=st.sampled_from([Decision.AUTO] * 8 + [Decision.PROMOTE, Decision.ABORT]),
 )
-canaries = st.builds(
-    dict,
-    steps=st.lists(st.integers(1, 100), min_size=1, max_size=6, unique=True).map(sorted),
-    maxWeight=st.integers(1, 100),
-    failureLimit=st.integers(0, 3),
-    inconclusiveLimit=st.integers(0, 3),
-    mirrorPercent=st.sampled_from([0, 0, 10]),
-    progressDeadlineSeconds=st.integers(60, 900),
-    metrics=st.just(
-        [
-            {"name": "errors", "builtin": "error-rate", "max": 0.5, "onEmpty": "skip"},
-            {"name": "p99", "builtin": "latency-p99", "max": 2.0, "onEmpty": "fail"},
-        ]
-    ),
+canaries = st.integers(1, 100).flatmap(
+    lambda max_weight: st.builds(
+        dict,
+        steps=st.lists(st.integers(1, max_weight), min_size=1, max_size=6, unique=True).map(sorted),
+        maxWeight=st.just(max_weight),
+        failureLimit=st.integers(0, 3),
+        inconclusiveLimit=st.integers(0, 3),
+        mirrorPercent=st.sampled_from([0, 0, 10]),
+        progressDeadlineSeconds=st.integers(60, 900),
+        metrics=st.just(
+            [
+                {"name": "errors", "builtin": "error-rate", "max": 0.5, "onEmpty": "skip"},
+                {"name": "p99", "builtin": "latency-p99", "max": 2.0, "onEmpty": "fail"},
+            ]
+        ),
+    )
 )
 
 
@@ -320,5 +323,8 @@ def test_checks_run_five_times_a_step_so_a_breach_rolls_back_within_the_step() -
     assert breach[-1].state.step_started - T0 == 36 * sec
 
 
-def test_analysis_interval_longer_than_interval_is_capped() -> None:
-    assert _policy(analysisInterval="5m").every == MIN
+def test_analysis_interval_longer_than_interval_is_refused() -> None:
+    """Refused when parsed, as the API server refuses it (it used to be capped here,
+    for objects that never passed the CEL rule)."""
+    with pytest.raises(ValidationError, match=r"canary\.analysisInterval must not exceed"):
+        _policy(analysisInterval="5m")

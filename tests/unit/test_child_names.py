@@ -76,7 +76,8 @@ def _widest(kind: str) -> dict[str, Any]:
     elif kind == "PretrainJob":
         nodes = _schema_max(kind, "distribution", "nodes")
         spec["distribution"] |= {"nodes": nodes, "launcher": "ray"}
-        spec["training"]["globalBatchSize"] = spec["training"]["microBatchSize"] * nodes
+        gpus = max(spec.get("resources", {}).get("gpus", 0), 1)
+        spec["training"]["globalBatchSize"] = spec["training"]["microBatchSize"] * nodes * gpus
     return spec
 
 

@@ -15,7 +15,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from modelsmith import metrics
-from modelsmith.api.inference import CanaryStage, Decision, InferenceServiceSpec
+from modelsmith.api.canary import CanaryStage, Decision
+from modelsmith.api.inference import InferenceServiceSpec
 from modelsmith.api.inference import InferenceServiceStatus as Status
 from modelsmith.builders.revision import revision_name
 from modelsmith.canary.rollout import Inputs, Plan, plan

@@ -6,13 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from modelsmith.api.inference import (
-    CanaryStage,
-    Decision,
-    InferenceServiceSpec,
-    InferenceServiceStatus,
-    ServingPhase,
-)
+from modelsmith.api.canary import CanaryStage, Decision
+from modelsmith.api.inference import InferenceServiceSpec, InferenceServiceStatus, ServingPhase
 from modelsmith.builders.owner import Owner
 from modelsmith.builders.revision import placement, revision_name
 from modelsmith.builders.router import desired_router, route_table

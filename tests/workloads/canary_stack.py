@@ -28,13 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelsmith.api.inference import (
-    CanaryStage,
-    Decision,
-    InferenceServiceSpec,
-    InferenceServiceStatus,
-    ServingPhase,
-)
+from modelsmith.api.canary import CanaryStage, Decision
+from modelsmith.api.inference import InferenceServiceSpec, InferenceServiceStatus, ServingPhase
 from modelsmith.canary.analysis import Target, gather
 from modelsmith.canary.decision import TERMINAL, Policy, resolve_query
 from modelsmith.canary.rollout import Inputs, Plan, plan

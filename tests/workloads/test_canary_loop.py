@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from modelsmith.api.inference import CanaryStage
+from modelsmith.api.canary import CanaryStage
 from tests.workloads.canary_stack import (
     CANARY,
     SERVICE,

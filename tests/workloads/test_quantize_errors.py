@@ -34,8 +34,9 @@ def _fails(config: dict[str, Any], workdir: Path, reason: str) -> str:
 
 
 def test_fp8_on_a_cpu_spec_is_refused_with_the_reason(base: str, tmp_path: Path) -> None:
-    message = _fails(quantize_config(base, str(tmp_path / "out"), "fp8"), tmp_path, "Unsupported")
-    assert "compute capability 8.9" in message and "resources.gpus: 0" in message
+    """The API model's rule, as the runtime parses the spec: the API server's words."""
+    message = _fails(quantize_config(base, str(tmp_path / "out"), "fp8"), tmp_path, "InvalidSpec")
+    assert "compute capability 8.9" in message and "resources.gpus of 1 or more" in message
     assert "int8-weight-only" in message
 
 

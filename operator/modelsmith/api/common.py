@@ -6,13 +6,14 @@ Trainer and KubeRay users expect (resources, nodeSelector, tolerations, runPolic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
-from modelsmith.api.meta import CamelModel, Condition
+from modelsmith.api.meta import CamelModel, Condition, Rule, Rules
 from modelsmith.api.uri import OutputUri, Uri
 
 __all__ = ["OutputUri", "Uri"]
@@ -50,13 +51,16 @@ def defaulted(
     )
 
 
-def cel(*rules: tuple[str, str]) -> ConfigDict:
-    """Model-level CEL rules (rule, message): the API server checks them at apply time."""
-    return ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]
-        }
-    )
+def cel(*rules: tuple[str, str, Callable[[Any], bool]]) -> ConfigDict:
+    """Model-level rules (CEL, message, the same condition in Python), defined once.
+
+    The API server checks the CEL at apply time; pydantic checks the Python form
+    whenever the model is parsed (the operator, the runtime reading a task config that
+    may never have passed an API server, a test), with the same message. The two forms
+    sit side by side here and nowhere else; tests/unit/test_rules.py runs the
+    integration tier's apply-time cases through pydantic to keep them agreeing.
+    """
+    return ConfigDict(json_schema_extra=Rules(tuple(Rule(*r) for r in rules)))
 
 
 class RefKind(StrEnum):
@@ -76,7 +80,13 @@ class InputRef(CamelModel):
 class Input(CamelModel):
     """Exactly one of: a URI, or a reference to the stage that produces it."""
 
-    model_config = cel(("has(self.uri) != has(self.fromRef)", "set exactly one of uri or fromRef"))
+    model_config = cel(
+        (
+            "has(self.uri) != has(self.fromRef)",
+            "set exactly one of uri or fromRef",
+            lambda s: (s.uri is None) != (s.from_ref is None),
+        )
+    )
 
     uri: Uri | None = Field(default=None, description="Read the input from this location.")
     from_ref: InputRef | None = Field(
@@ -84,12 +94,6 @@ class Input(CamelModel):
         description="Read the input from the upstream resource's status.outputs.uri; the "
         "operator waits (reason WaitingForInput) until that resource has succeeded.",
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        if (self.uri is None) == (self.from_ref is None):
-            raise ValueError("set exactly one of uri or fromRef")
-        return self
 
 
 class Output(CamelModel):

@@ -68,6 +68,7 @@ class LengthFilter(CamelModel):
         (
             "!has(self.maxChars) || self.minChars < self.maxChars",
             "filters.length.minChars must be below maxChars",
+            lambda s: s.max_chars is None or s.min_chars < s.max_chars,
         )
     )
 
@@ -138,7 +139,11 @@ class Tokenizer(CamelModel):
     """Exactly one of: train a new tokenizer, or use an existing one."""
 
     model_config = cel(
-        ("has(self.train) != has(self.existing)", "tokenizer: set exactly one of train or existing")
+        (
+            "has(self.train) != has(self.existing)",
+            "tokenizer: set exactly one of train or existing",
+            lambda s: (s.train is None) != (s.existing is None),
+        )
     )
 
     train: TrainTokenizer | None = Field(default=None, description="Train a new BPE.")

@@ -63,11 +63,17 @@ class FineTuneSpec(WorkloadSpec):
         (
             "self.method == 'full' ? !has(self.lora) : true",
             "lora settings need method lora or qlora",
+            lambda s: s.method != "full" or s.lora is None,
         ),
-        ("!self.mergeAdapter || self.method != 'full'", "mergeAdapter needs method lora or qlora"),
+        (
+            "!self.mergeAdapter || self.method != 'full'",
+            "mergeAdapter needs method lora or qlora",
+            lambda s: not s.merge_adapter or s.method != "full",
+        ),
         (
             "self.hyperparameters.batchSize % self.hyperparameters.microBatchSize == 0",
             "hyperparameters.batchSize must be a multiple of microBatchSize",
+            lambda s: s.hyperparameters.batch_size % s.hyperparameters.micro_batch_size == 0,
         ),
     )
 

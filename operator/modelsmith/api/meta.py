@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelsmith.io"
 VERSION = "v1alpha1"
 CATEGORY = "modelsmith"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One cross-field rule of a model: CEL for the API server, Python for pydantic."""
+
+    cel: str
+    message: str
+    holds: Callable[[Any], bool]
+
+
+class Rules:
+    """A model's rules, as its json_schema_extra: the schema gets the CEL, and
+    CamelModel's validator finds the Python checks here (api.common.cel makes these)."""
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+
+    def __call__(self, schema: dict[str, Any]) -> None:
+        schema["x-kubernetes-validations"] = [
+            {"rule": r.cel, "message": r.message} for r in self.rules
+        ]
 
 
 class CamelModel(BaseModel):
@@ -22,6 +45,15 @@ class CamelModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
+
+    @model_validator(mode="after")
+    def _rules_hold(self) -> Self:
+        extra = type(self).model_config.get("json_schema_extra")
+        if isinstance(extra, Rules):
+            broken = [r.message for r in extra.rules if not r.holds(self)]
+            if broken:
+                raise ValueError("; ".join(broken))
+        return self
 
 
 class ConditionStatus(StrEnum):

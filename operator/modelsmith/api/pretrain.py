@@ -34,15 +34,31 @@ class Architecture(CamelModel):
         (
             "self.type == 'moe' ? has(self.experts) : !has(self.experts)",
             "architecture.experts is required for moe and not allowed for dense",
+            lambda s: (s.experts is not None) == (s.type == "moe"),
         ),
-        ("self.hiddenSize % self.heads == 0", "architecture.hiddenSize must divide by heads"),
+        (
+            "self.hiddenSize % self.heads == 0",
+            "architecture.hiddenSize must divide by heads",
+            lambda s: s.hidden_size % s.heads == 0,
+        ),
         (
             "!has(self.kvHeads) || (self.kvHeads <= self.heads && self.heads % self.kvHeads == 0)",
             "architecture.kvHeads must divide heads",
+            lambda s: s.kv_heads is None or (s.kv_heads <= s.heads and s.heads % s.kv_heads == 0),
         ),
         (
             "!has(self.topK) || (has(self.experts) && self.topK <= self.experts)",
             "architecture.topK must not exceed experts",
+            lambda s: s.top_k is None or (s.experts is not None and s.top_k <= s.experts),
+        ),
+        (
+            "self.type == 'moe' || "
+            "(!has(self.topK) && !has(self.capacityFactor) && !has(self.auxLossCoef))",
+            "architecture: experts, topK, capacityFactor, auxLossCoef are moe only",
+            lambda s: (
+                s.type == "moe"
+                or (s.top_k is None and s.capacity_factor is None and s.aux_loss_coef is None)
+            ),
         ),
     )
 
@@ -80,10 +96,15 @@ class Training(CamelModel):
     """Optimization settings; the run length is steps or tokens, not both."""
 
     model_config = cel(
-        ("has(self.steps) != has(self.tokens)", "training: set exactly one of steps or tokens"),
+        (
+            "has(self.steps) != has(self.tokens)",
+            "training: set exactly one of steps or tokens",
+            lambda s: (s.steps is None) != (s.tokens is None),
+        ),
         (
             "self.globalBatchSize % self.microBatchSize == 0",
             "training.globalBatchSize must be a multiple of microBatchSize",
+            lambda s: s.global_batch_size % s.micro_batch_size == 0,
         ),
     )
 
@@ -129,10 +150,12 @@ class Distribution(CamelModel):
         (
             "!has(self.zeroStage) || self.strategy == 'deepspeed'",
             "distribution.zeroStage applies to strategy deepspeed only",
+            lambda s: s.zero_stage is None or s.strategy == "deepspeed",
         ),
         (
             "self.offload == 'none' || self.strategy != 'ddp'",
             "distribution.offload needs strategy fsdp or deepspeed",
+            lambda s: s.offload == "none" or s.strategy != "ddp",
         ),
     )
 
@@ -161,6 +184,11 @@ class PretrainJobSpec(WorkloadSpec):
             "(self.resources.gpus == 0 ? 1 : self.resources.gpus)) == 0",
             "training.globalBatchSize must be a multiple of microBatchSize * "
             "distribution.nodes * resources.gpus (one process per pod when gpus is 0)",
+            lambda s: (
+                s.training.global_batch_size
+                % (s.training.micro_batch_size * s.distribution.nodes * max(s.resources.gpus, 1))
+                == 0
+            ),
         ),
     )
 

@@ -51,11 +51,19 @@ class QuantizeJobSpec(WorkloadSpec):
         (
             "!has(self.groupSize) || self.method == 'int4-weight-only' || self.method == 'gptq'",
             "groupSize applies to int4-weight-only and gptq only",
+            lambda s: s.group_size is None or s.method in ("int4-weight-only", "gptq"),
         ),
-        ("self.method != 'gptq' || has(self.calibration)", "method gptq needs calibration"),
+        (
+            "self.method != 'gptq' || has(self.calibration)",
+            "method gptq needs calibration",
+            lambda s: s.method != "gptq" or s.calibration is not None,
+        ),
         (
             "self.method != 'fp8' || self.resources.gpus > 0",
-            "method fp8 needs resources.gpus of 1 or more: its matmuls run in fp8 on the GPU",
+            "method fp8 needs resources.gpus of 1 or more: its matmuls run in fp8 on the GPU "
+            "(CUDA compute capability 8.9+: L4, L40, H100...); on the CPU use "
+            "int8-weight-only or dynamic-int8",
+            lambda s: s.method != "fp8" or s.resources.gpus > 0,
         ),
     )
 

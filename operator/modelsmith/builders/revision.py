@@ -15,12 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelsmith.api import uri
-from modelsmith.api.inference import (
-    Autoscaling,
-    AutoscalingMetric,
-    InferenceServiceSpec,
-    Runtime,
-)
+from modelsmith.api.inference import Autoscaling, AutoscalingMetric, InferenceServiceSpec, Runtime
 from modelsmith.builders import storage
 from modelsmith.builders.owner import Owner
 from modelsmith.config import Settings

@@ -34,18 +34,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from modelsmith.api.inference import (
+from modelsmith.api.canary import (
     BuiltinCheck,
     Canary,
     CanaryStatus,
     CheckStatus,
     Decision,
-    InferenceServiceSpec,
     MetricCheck,
     OnEmpty,
     parse_duration,
 )
-from modelsmith.api.inference import CanaryStage as Stage
+from modelsmith.api.canary import CanaryStage as Stage
+from modelsmith.api.inference import InferenceServiceSpec
 
 TERMINAL = frozenset({Stage.PROMOTED, Stage.ROLLED_BACK})
 
@@ -115,7 +115,7 @@ class Policy:
     @classmethod
     def from_spec(cls, canary: Canary) -> Policy:
         if canary.steps:
-            weights = tuple(w for w in canary.steps if w <= canary.max_weight)
+            weights = tuple(canary.steps)  # each <= maxWeight, ascending: the model's rules
         else:
             step = canary.step_weight or canary.max_weight
             weights = tuple(range(step, canary.max_weight + 1, step))
@@ -125,7 +125,7 @@ class Policy:
             weights=weights or (canary.max_weight,),
             max_weight=canary.max_weight,
             interval=interval,
-            analysis_interval=min(every or interval / 5, interval),
+            analysis_interval=every or interval / 5,  # never above interval: a rule
             checks=tuple(canary.metrics),
             failure_limit=canary.failure_limit,
             inconclusive_limit=canary.inconclusive_limit,

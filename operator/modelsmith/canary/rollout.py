@@ -14,15 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from modelsmith.api.inference import (
-    CanaryEvent,
-    CanaryStage,
-    CanaryStatus,
-    Decision,
-    InferenceServiceSpec,
-    InferenceServiceStatus,
-    ServingPhase,
-)
+from modelsmith.api.canary import CanaryEvent, CanaryStage, CanaryStatus, Decision
+from modelsmith.api.inference import InferenceServiceSpec, InferenceServiceStatus, ServingPhase
 from modelsmith.api.meta import ConditionStatus
 from modelsmith.canary.decision import TERMINAL, Observation, Policy, Step, decide, start
 from modelsmith.conditions import ConditionType, Reason, set_condition

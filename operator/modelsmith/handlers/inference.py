@@ -19,11 +19,11 @@ import kopf
 from pydantic import ValidationError
 
 from modelsmith import k8s, metrics, storagecheck
+from modelsmith.api.canary import Decision
 from modelsmith.api.common import Phase
 from modelsmith.api.inference import (
     INFERENCESERVICE,
     Backend,
-    Decision,
     InferenceServiceSpec,
     InferenceServiceStatus,
     ServingPhase,

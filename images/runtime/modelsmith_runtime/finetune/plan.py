@@ -18,7 +18,6 @@ from pathlib import Path
 from modelsmith.api.finetune import FineTuneSpec, LoRA, Method
 from modelsmith.contract import Producer
 from modelsmith_runtime import hfmodel, storage
-from modelsmith_runtime.errors import BadInputError
 from modelsmith_runtime.finetune.records import Example, read_examples
 from modelsmith_runtime.task import Task
 
@@ -47,22 +46,8 @@ class Plan:
         return h.batch_size // h.micro_batch_size
 
 
-def check_spec(spec: FineTuneSpec) -> None:
-    """What the CRD's CEL rules refuse, and what this trainer cannot do."""
-    h = spec.hyperparameters
-    if spec.method == Method.FULL and spec.lora is not None:
-        raise BadInputError("InvalidSpec", "lora settings need method lora or qlora")
-    if spec.method == Method.FULL and spec.merge_adapter:
-        raise BadInputError("InvalidSpec", "mergeAdapter needs method lora or qlora")
-    if h.batch_size % h.micro_batch_size:
-        raise BadInputError(
-            "InvalidSpec", "hyperparameters.batchSize must be a multiple of microBatchSize"
-        )
-
-
 def make_plan(task: Task[FineTuneSpec]) -> Plan:
     spec = task.spec
-    check_spec(spec)
     base_uri = task.input("baseModel")
     base_dir = hfmodel.open_model(base_uri, "baseModel")
     dataset_uri = task.input("dataset")

@@ -60,13 +60,9 @@ def group_size(spec: QuantizeJobSpec) -> int:
 
 
 def check_spec(spec: QuantizeJobSpec, calibration: str | None) -> None:
-    """CEL rules again (a task config can bypass the API server), and what needs a GPU."""
-    if spec.group_size is not None and spec.method not in (
-        QuantMethod.INT4_WEIGHT_ONLY,
-        QuantMethod.GPTQ,
-    ):
-        raise BadInputError("InvalidSpec", "groupSize applies to int4-weight-only and gptq only")
-    if spec.method == QuantMethod.GPTQ and (spec.calibration is None or not calibration):
+    """What the model's rules cannot see (they hold already: the spec was parsed with
+    them, CEL and Python from one definition in the API models)."""
+    if spec.method == QuantMethod.GPTQ and not calibration:
         raise BadInputError("InvalidSpec", "method gptq needs calibration data")
     for pattern in spec.keep_in_high_precision:
         try:
@@ -75,14 +71,6 @@ def check_spec(spec: QuantizeJobSpec, calibration: str | None) -> None:
             raise BadInputError(
                 "InvalidSpec", f"keepInHighPrecision: {pattern!r} is not a valid pattern: {exc}"
             ) from exc
-    if spec.method == QuantMethod.FP8 and spec.resources.gpus == 0:
-        raise BadInputError(
-            "Unsupported",
-            "method fp8 multiplies in fp8 on the GPU (torchao's fp8 dynamic activation and "
-            "weight quantization needs CUDA compute capability 8.9+: L4, L40, H100…) and this "
-            "QuantizeJob asks for no GPU (resources.gpus: 0); use int8-weight-only or "
-            "dynamic-int8 on CPU",
-        )
 
 
 def _capability(device: torch.device) -> tuple[int, int] | None:

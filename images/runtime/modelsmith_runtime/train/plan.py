@@ -1,9 +1,10 @@
 """Everything about a run that follows from the spec and the inputs, checked up front.
 
 Pure and light (no torch): it runs before the heavy imports, so a spec the trainer
-cannot honour fails with exit code 2 in about a second. Rules the CRD states as CEL
-are checked again here, because a task config can also come from outside the API
-server (a test, a rerun by hand) and pydantic does not evaluate CEL.
+cannot honour fails with exit code 2 in about a second. The CRD's rules hold already:
+the spec was parsed with the API models, which check each rule's Python form next to
+its CEL (a task config can come from outside the API server: a test, a rerun by hand).
+What is left here is what only the trainer knows: its image, its world size.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 
 from modelsmith.api.pretrain import (
     ArchitectureType,
-    Offload,
     PretrainJobSpec,
     Strategy,
 )
@@ -74,35 +74,17 @@ def check_spec(spec: PretrainJobSpec, world: int) -> None:
             "distribution.strategy deepspeed: DeepSpeed is not installed in this image; "
             "install modelsmith-runtime[deepspeed], or use fsdp (ZeRO-3 equivalent) or ddp"
         )
-    if d.offload == Offload.CPU and d.strategy == Strategy.DDP:
-        raise _invalid("distribution.offload cpu needs strategy fsdp or deepspeed")
-    if d.zero_stage is not None and d.strategy != Strategy.DEEPSPEED:
-        raise _invalid("distribution.zeroStage applies to strategy deepspeed only")
-    if (t.steps is None) == (t.tokens is None):
-        raise _invalid("training: set exactly one of steps or tokens")
     if t.global_batch_size % (t.micro_batch_size * world):
         raise _invalid(
             f"training.globalBatchSize {t.global_batch_size} is not a multiple of "
             f"microBatchSize {t.micro_batch_size} x {world} ranks"
         )
-    if a.hidden_size % a.heads:
-        raise _invalid("architecture.hiddenSize must divide by heads")
-    if a.kv_heads is not None and (a.kv_heads > a.heads or a.heads % a.kv_heads):
-        raise _invalid("architecture.kvHeads must divide heads")
-    moe_fields = (a.experts, a.top_k, a.capacity_factor, a.aux_loss_coef)
-    if a.type == ArchitectureType.DENSE and any(f is not None for f in moe_fields):
-        raise _invalid("architecture: experts, topK, capacityFactor, auxLossCoef are moe only")
-    if a.type == ArchitectureType.MOE:
-        if a.experts is None:
-            raise _invalid("architecture.experts is required for moe")
-        if a.top_k is not None and a.top_k > a.experts:
-            raise _invalid("architecture.topK must not exceed experts")
-        if a.capacity_factor is not None:
-            raise _unsupported(
-                "architecture.capacityFactor: the MoE (transformers' Mixtral) routes dropless, "
-                "every token reaches its top-k experts, i.e. unlimited capacity; token "
-                "dropping at a capacity is not implemented, leave capacityFactor unset"
-            )
+    if a.type == ArchitectureType.MOE and a.capacity_factor is not None:
+        raise _unsupported(
+            "architecture.capacityFactor: the MoE (transformers' Mixtral) routes dropless, "
+            "every token reaches its top-k experts, i.e. unlimited capacity; token "
+            "dropping at a capacity is not implemented, leave capacityFactor unset"
+        )
 
 
 def _tokenizer_dir(task: Task[PretrainJobSpec], dataset_dir: Path) -> Path:

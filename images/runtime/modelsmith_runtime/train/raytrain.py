@@ -2,11 +2,12 @@
 
 The run's pods form a Ray cluster (raycluster.py) and this driver, on pod 0, asks Ray
 Train for one worker per GPU (distribution.nodes x resources.gpus). Ray Train sets up
-the process group and RANK/WORLD_SIZE/LOCAL_RANK, and each worker runs `session.train`, the very function
-a torchrun rank runs: the same data split, checkpoints on shared storage, exact resume,
-metrics and publishing. Ray Train's own checkpointing and retries stay off: the
-CheckpointStore already resumes exactly, and the Kubernetes Job owns retries, so a
-failed attempt ends this process with the contract's exit code like any other.
+the process group and RANK/WORLD_SIZE/LOCAL_RANK, and each worker runs `session.train`,
+the very function a torchrun rank runs: the same data split, checkpoints on shared
+storage, exact resume, metrics and publishing. Ray Train's own checkpointing and retries
+stay off: the CheckpointStore already resumes exactly, and the Kubernetes Job owns
+retries, so a failed attempt ends this process with the contract's exit code like any
+other.
 
 Results and errors cross the Ray boundary by value: rank 0's contract Result is the
 training function's return value, and a rank's BadInputError or TransientError travels
