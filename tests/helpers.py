@@ -4,6 +4,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -40,3 +41,14 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def sample_manifests() -> dict[str, dict[str, Any]]:
+    """One valid manifest of each kind, from samples/ (chain, pipeline, service)."""
+    docs = [*yaml.safe_load_all((SAMPLES / "chain.yaml").read_text())]
+    docs.append(yaml.safe_load((SAMPLES / "datapipeline.yaml").read_text()))
+    docs.append(yaml.safe_load((SAMPLES / "inferenceservice.yaml").read_text()))
+    return {d["kind"]: d for d in docs if d}

@@ -8,7 +8,6 @@ only pass because of the one thing it broke.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,21 +15,11 @@ import yaml
 
 from modelsmith.api import KINDS
 from modelsmith.devcluster.cluster import DevCluster
-from tests.helpers import kubectl_apply
+from tests.helpers import SAMPLES, kubectl_apply, sample_manifests
 
 pytestmark = pytest.mark.integration
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-
-
-def _samples() -> dict[str, dict[str, Any]]:
-    docs = [*yaml.safe_load_all((SAMPLES / "chain.yaml").read_text())]
-    docs.append(yaml.safe_load((SAMPLES / "datapipeline.yaml").read_text()))
-    docs.append(yaml.safe_load((SAMPLES / "inferenceservice.yaml").read_text()))
-    return {d["kind"]: d for d in docs if d}
-
-
-VALID = _samples()
+VALID = sample_manifests()
 
 
 def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:

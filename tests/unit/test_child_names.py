@@ -11,11 +11,9 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from modelsmith.api import KINDS
 from modelsmith.api.inference import INFERENCESERVICE, GatewayRef, InferenceServiceSpec
@@ -43,8 +41,8 @@ from modelsmith.builders.router import desired_router, desired_routes_configmap,
 from modelsmith.builders.traffic import desired_httproute, desired_kserve
 from modelsmith.config import Settings
 from modelsmith.routes import Split
+from tests.helpers import sample_manifests
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 SETTINGS = Settings("registry.test/ms", "1.2.3")
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -57,14 +55,7 @@ NAME_SHAPE = {"Service": (DNS_1035, 63), "Job": (DNS_1123_LABEL, 63)}
 ANY_OTHER = (DNS_1123_SUBDOMAIN, 253)
 
 
-def _sample_specs() -> dict[str, dict[str, Any]]:
-    docs = [*yaml.safe_load_all((SAMPLES / "chain.yaml").read_text())]
-    docs.append(yaml.safe_load((SAMPLES / "datapipeline.yaml").read_text()))
-    docs.append(yaml.safe_load((SAMPLES / "inferenceservice.yaml").read_text()))
-    return {d["kind"]: d["spec"] for d in docs if d}
-
-
-SPECS = _sample_specs()
+SPECS = {kind: doc["spec"] for kind, doc in sample_manifests().items()}
 
 
 def _widest(kind: str) -> dict[str, Any]:
