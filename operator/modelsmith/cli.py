@@ -12,14 +12,14 @@ from modelsmith.devcluster.errors import DevClusterError
 
 
 def _dev_images(args: argparse.Namespace) -> int:
-    from modelsmith.devcluster import images
+    from modelsmith.devcluster import imagecontext, images, imagestore
 
     if args.prune:
         if args.images or args.push:
             raise DevClusterError("--prune goes alone: it keeps what this tree builds")
-        images.prune()
+        imagestore.prune()
         return 0
-    refs = images.build(args.images or images.IMAGES)  # prints each image and its size
+    refs = images.build(args.images or imagecontext.IMAGES)  # prints each image and its size
     if args.push:
         for ref in refs.values():
             images.push(ref, args.push)
@@ -47,7 +47,7 @@ def _dev_command(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from modelsmith.devcluster import images, nodestorage, tools
+    from modelsmith.devcluster import buildah, nodestorage, tools
     from modelsmith.devcluster.cluster import DevCluster
     from modelsmith.devcluster.nodeconfig import NODE_NAME
 
@@ -89,8 +89,8 @@ def _dev(args: argparse.Namespace) -> int:
     usage = cluster.disk_usage()
     print(
         "images on disk: "
-        + ", ".join(f"{where} {images.human_size(size)}" for where, size in usage.items())
-        + f" (total {images.human_size(sum(usage.values()))})"
+        + ", ".join(f"{where} {buildah.human_size(size)}" for where, size in usage.items())
+        + f" (total {buildah.human_size(sum(usage.values()))})"
     )
     if status.running:
         print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product").rstrip())

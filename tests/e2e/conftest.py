@@ -19,7 +19,7 @@ from kubernetes import client
 
 from modelsmith import crdgen
 from modelsmith.api import KINDS
-from modelsmith.devcluster import images, install, nodestorage
+from modelsmith.devcluster import imagebase, images, install, nodestorage
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.nodeconfig import LABEL, NODE_NAME, REGISTRY_IN_NODE, TAINT_KEY
 from tests.integration.conftest import (  # noqa: F401 (fixtures shared with integration)
@@ -69,7 +69,7 @@ class Pushed(dict[str, str]):
 
     def __missing__(self, name: str) -> str:
         if name == "python-base":
-            ref = images.ImageRef(name, images.ensure_base().rsplit(":", 1)[1])
+            ref = images.ImageRef(name, imagebase.ensure_base().rsplit(":", 1)[1])
         else:
             ref = images.build([name])[name]
         images.push(ref, self.registry)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from modelsmith.devcluster import images
+from modelsmith.devcluster import buildah, imagebase, imagestore
 
-REPO = f"{images.PREFIX}/prunetest"
+REPO = f"{buildah.PREFIX}/prunetest"
 FOREIGN = "localhost/someone-else/prunetest:1"
 
 
@@ -38,7 +38,7 @@ def _commit_on(parent: str, name: str | None, content: str, tmp: Path) -> str:
 
 @pytest.fixture
 def committed(tmp_path: Path) -> Iterator[dict[str, str]]:
-    base = images.ensure_base()
+    base = imagebase.ensure_base()
     made: dict[str, str] = {}
     try:
         made["old"] = _commit_on(base, f"{REPO}:old", "old", tmp_path)
@@ -58,7 +58,9 @@ def committed(tmp_path: Path) -> Iterator[dict[str, str]]:
 def test_prune_removes_old_builds_and_keeps_the_newest_and_foreign_images(
     committed: dict[str, str],
 ) -> None:
-    stale = {image_id[:12] for image_id in images.stale_images(keep=[images.base_reference()])}
+    stale = {
+        image_id[:12] for image_id in imagestore.stale_images(keep=[imagebase.base_reference()])
+    }
     short = {what: image_id[:12] for what, image_id in committed.items()}
     assert short["old"] in stale, "an older content tag of our repository goes"
     assert short["old-step"] in stale, "a cached step of no kept image goes"
@@ -66,4 +68,4 @@ def test_prune_removes_old_builds_and_keeps_the_newest_and_foreign_images(
     assert short["new-step"] not in stale, "a cached step of a kept image stays"
     assert short["above-new"] in stale, "an image above a kept one is not its cache"
     assert short["foreign"] not in stale, "images that are not ours are never touched"
-    assert images.base_reference() not in stale
+    assert imagebase.base_reference() not in stale

@@ -9,7 +9,7 @@ import time
 import pytest
 from kubernetes import client
 
-from modelsmith.devcluster import images
+from modelsmith.devcluster import images, imagestore
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.processes import du_bytes, is_alive
 from tests.e2e.conftest import pod_on_node, wait_phase
@@ -77,7 +77,7 @@ def test_all_images_fit_the_disk_budget(
     usage = dev_cluster.disk_usage()
     whole_store = usage["build store"]
     local = [images.ImageRef(n, pushed[n].rsplit(":", 1)[1]).reference for n in names]
-    usage["build store"] = images.layer_bytes(local)
+    usage["build store"] = imagestore.layer_bytes(local)
     assert usage["build store"] <= whole_store * 1.05, "the layers are in the store"
     total = sum(usage.values())
     report = ", ".join(f"{where} {size / 1e9:.1f} GB" for where, size in usage.items())

@@ -271,10 +271,10 @@ def test_the_node_path_policy_follows_allow_node_paths_and_watch_namespaces(
 
 def test_dev_install_values_put_the_operator_on_the_real_node(dev_cluster: DevCluster) -> None:
     """What `modelsmith dev install` passes to helm, rendered by the real chart."""
-    from modelsmith.devcluster import images, install
+    from modelsmith.devcluster import imagecontext, images, install
     from modelsmith.devcluster.nodeconfig import LABEL, TAINT_KEY
 
-    refs = [images.ImageRef(name, f"{i:016x}") for i, name in enumerate(images.IMAGES)]
+    refs = [images.ImageRef(name, f"{i:016x}") for i, name in enumerate(imagecontext.IMAGES)]
     tag = images.release_tag(refs)
     assert re.fullmatch(r"dev-[0-9a-f]{12}", tag)
     assert tag == images.release_tag(reversed(refs)), "the order of the images is not part of it"

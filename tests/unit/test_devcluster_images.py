@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 
 from modelsmith.cli import main
-from modelsmith.devcluster import images
+from modelsmith.devcluster import imagebase, imagecontext, images
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.images import ImageRef
 
@@ -27,10 +27,9 @@ TORCH_IMAGES = ("trainer", "quantizer", "server")
 def tree(tmp_path: Path) -> Path:
     """A small checkout: the real Dockerfiles, .dockerignore and helper; stub sources."""
     root = tmp_path / "repo"
-    for name in images.IMAGES:
-        dest = root / "images" / name
-        dest.mkdir(parents=True)
-        shutil.copy(ROOT / "images" / name / "Dockerfile", dest / "Dockerfile")
+    (root / "images" / "operator").mkdir(parents=True)
+    for dockerfile in ("images/operator/Dockerfile", "images/workloads.Dockerfile"):
+        shutil.copy(ROOT / dockerfile, root / dockerfile)
     shutil.copy(ROOT / "images" / "pyproject_deps.py", root / "images" / "pyproject_deps.py")
     shutil.copy(ROOT / ".dockerignore", root / ".dockerignore")
     files = {
@@ -49,14 +48,14 @@ def tree(tmp_path: Path) -> Path:
 
 
 def tags(root: Path, base: str = BASE) -> dict[str, str]:
-    return {name: images.image_tag(name, root, base) for name in images.IMAGES}
+    return {name: imagecontext.image_tag(name, root, base) for name in imagecontext.IMAGES}
 
 
 def test_tag_is_stable_and_follows_the_sources(tree: Path) -> None:
     before = tags(tree)
     assert before == tags(tree), "the same tree gives the same tags"
     assert all(re.fullmatch(r"[0-9a-f]{16}", t) for t in before.values())
-    assert len(set(before.values())) == len(before), "each Dockerfile differs"
+    assert len(set(before.values())) == len(before), "each image's stages differ"
 
     (tree / "images/runtime/modelsmith_runtime/cli.py").write_text("# changed\n")
     after = tags(tree)
@@ -64,13 +63,13 @@ def test_tag_is_stable_and_follows_the_sources(tree: Path) -> None:
     assert all(after[n] != before[n] for n in ("data", *TORCH_IMAGES))
 
     (tree / "operator/modelsmith/cli.py").write_text("# changed too\n")
-    assert all(tags(tree)[n] != after[n] for n in images.IMAGES)
+    assert all(tags(tree)[n] != after[n] for n in imagecontext.IMAGES)
 
 
 def test_tag_ignores_unrelated_and_dockerignored_files(tree: Path) -> None:
     before = tags(tree)
     (tree / "tests/unit/test_x.py").write_text("changed = True\n")
-    (tree / "images/trainer/NOTES.md").write_text("not copied by any Dockerfile\n")
+    (tree / "images/operator/NOTES.md").write_text("not copied by any Dockerfile\n")
     cache = tree / "operator/modelsmith/__pycache__"
     cache.mkdir()
     (cache / "cli.cpython-311.pyc").write_bytes(b"\0")
@@ -82,15 +81,31 @@ def test_tag_ignores_unrelated_and_dockerignored_files(tree: Path) -> None:
 def test_tag_follows_the_dockerfile_the_base_and_the_dependencies(tree: Path) -> None:
     before = tags(tree)
     assert tags(tree, BASE.replace("0123", "4567")) != before
-    dockerfile = tree / "images/data/Dockerfile"
-    dockerfile.write_text(dockerfile.read_text() + "LABEL x=y\n")
+    dockerfile = tree / "images/workloads.Dockerfile"
+    text = dockerfile.read_text()
+
+    def edit_stage(stage: str) -> set[str]:
+        """The tags after a LABEL was added to one stage of the shared Dockerfile."""
+        line = next(ln for ln in text.splitlines() if ln.endswith(f" AS {stage}"))
+        dockerfile.write_text(text.replace(line + "\n", f"{line}\nLABEL x=y\n"))
+        edited = tags(tree)
+        dockerfile.write_text(text)
+        return {n for n, t in edited.items() if t != before[n]}
+
+    assert edit_stage("data") == {"data"}, "an image's own stage is its alone"
+    assert edit_stage("torch") == set(TORCH_IMAGES)
+    assert edit_stage("common") == {"data", *TORCH_IMAGES}
+    assert edit_stage("build") == {"data", *TORCH_IMAGES}
+    assert tags(tree) == before
+    operator = tree / "images/operator/Dockerfile"
+    operator.write_text(operator.read_text() + "LABEL x=y\n")
     after = tags(tree)
-    assert after["data"] != before["data"]
-    assert {n: t for n, t in after.items() if n != "data"} == {
-        n: t for n, t in before.items() if n != "data"
+    assert after["operator"] != before["operator"]
+    assert {n: t for n, t in after.items() if n != "operator"} == {
+        n: t for n, t in before.items() if n != "operator"
     }
     (tree / "images/runtime/pyproject.toml").write_text('[project]\nname = "x"\n')
-    assert tags(tree)["operator"] == before["operator"]
+    assert tags(tree)["operator"] == after["operator"]
     assert tags(tree)["data"] != after["data"]
 
 
@@ -104,25 +119,28 @@ def test_copy_sources_skip_other_stages_and_flags() -> None:
         "RUN echo \\\n  COPY not-an-instruction /x\n"
         "ADD f.tar /\n"
     )
-    assert images.copy_sources(dockerfile) == ["a.txt", "b", "c d", "f.tar"]
+    assert imagecontext.copy_sources(dockerfile) == ["a.txt", "b", "c d", "f.tar"]
 
 
 def test_every_copy_source_of_the_real_dockerfiles_exists() -> None:
-    for name in images.IMAGES:
-        sources = images.copy_sources(images.dockerfile_path(ROOT, name).read_text())
+    for name in imagecontext.IMAGES:
+        text = imagecontext.dockerfile_path(ROOT, name).read_text()
+        sources = imagecontext.copy_sources(
+            imagecontext.target_text(text, imagecontext.build_target(name))
+        )
         assert "operator" in sources
-        assert images.context_files(ROOT, sources, images.ignore_patterns(ROOT))
+        assert imagecontext.context_files(ROOT, sources, imagecontext.ignore_patterns(ROOT))
 
 
 def test_dockerignore_patterns(tree: Path) -> None:
-    patterns = images.ignore_patterns(tree)
-    assert images.is_ignored("operator/modelsmith/__pycache__/x.pyc", patterns)
-    assert images.is_ignored("images/runtime/modelsmith_runtime.egg-info/PKG-INFO", patterns)
-    assert images.is_ignored(".venv/bin/python", patterns)
-    assert not images.is_ignored("operator/modelsmith/cli.py", patterns)
+    patterns = imagecontext.ignore_patterns(tree)
+    assert imagecontext.is_ignored("operator/modelsmith/__pycache__/x.pyc", patterns)
+    assert imagecontext.is_ignored("images/runtime/modelsmith_runtime.egg-info/PKG-INFO", patterns)
+    assert imagecontext.is_ignored(".venv/bin/python", patterns)
+    assert not imagecontext.is_ignored("operator/modelsmith/cli.py", patterns)
     (tree / ".dockerignore").write_text("!keep.txt\n")
     with pytest.raises(DevClusterError, match="only NAME"):
-        images.ignore_patterns(tree)
+        imagecontext.ignore_patterns(tree)
 
 
 def test_bud_argv_uses_runc_layers_the_ca_bundle_and_the_local_base(tree: Path) -> None:
@@ -134,9 +152,13 @@ def test_bud_argv_uses_runc_layers_the_ca_bundle_and_the_local_base(tree: Path) 
     ca = "/etc/ssl/certs/ca-certificates.crt"
     assert argv[argv.index("-v") + 1] == f"{ca}:{ca}:ro"
     assert argv[argv.index("--build-arg") + 1] == f"PYTHON_IMAGE={BASE}"
-    assert argv[argv.index("-f") + 1] == str(tree / "images/data/Dockerfile")
+    assert argv[argv.index("-f") + 1] == str(tree / "images/workloads.Dockerfile")
+    assert argv[argv.index("--target") + 1] == "data", "a stage of the shared Dockerfile"
     assert argv[argv.index("-t") + 1] == "localhost/modelsmith/data:abc"
     assert argv[-1] == str(tree)
+    operator = images.bud_argv("operator", tree, "abc", BASE)
+    assert operator[operator.index("-f") + 1] == str(tree / "images/operator/Dockerfile")
+    assert "--target" not in operator
     assert "-v" not in images.bud_argv("data", tree, "abc", BASE, ca_bundle=None)
 
 
@@ -156,23 +178,23 @@ def test_push_argv_speaks_plain_http_to_the_dev_registry() -> None:
 
 
 def test_base_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    key = images.base_key()
+    key = imagebase.base_key()
     assert re.fullmatch(r"bookworm-[0-9a-f]{12}", key)
-    assert images.base_reference() == f"localhost/modelsmith/python-base:{key}"
-    argv = images.mmdebstrap_argv(tmp_path / "base.tar")
+    assert imagebase.base_reference() == f"localhost/modelsmith/python-base:{key}"
+    argv = imagebase.mmdebstrap_argv(tmp_path / "base.tar")
     assert "--variant=minbase" in argv
     assert "--include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates" in argv
     assert any("EXTERNALLY-MANAGED" in a and a.startswith("--customize-hook=rm") for a in argv)
     assert argv[argv.index("bookworm") + 1] == str(tmp_path / "base.tar")
-    monkeypatch.setattr(images, "BASE_PACKAGES", (*images.BASE_PACKAGES, "curl"))
-    assert images.base_key() != key
+    monkeypatch.setattr(imagebase, "BASE_PACKAGES", (*imagebase.BASE_PACKAGES, "curl"))
+    assert imagebase.base_key() != key
 
 
 def test_base_tarball_is_cached_outside_the_repository(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MODELSMITH_CACHE", str(tmp_path / "cache"))
-    assert images.base_tarball().parent == tmp_path / "cache" / "images"
+    assert imagebase.base_tarball().parent == tmp_path / "cache" / "images"
 
 
 def test_missing_buildah_names_the_debian_packages(
@@ -196,9 +218,19 @@ def test_image_names_belong_to_dev_images(capsys: pytest.CaptureFixture[str]) ->
 
 
 def _final_stage(name: str) -> list[str]:
-    text = images.dockerfile_path(ROOT, name).read_text()
-    final = text.rsplit("\nFROM ", 1)[1]
-    return [f"{word} {args}" for word, args in images._instructions("FROM " + final)]
+    """The image's instructions from its base on: its own stage's after those of the
+    stages it is FROM (the shared ones of images/workloads.Dockerfile)."""
+    text = imagecontext.dockerfile_path(ROOT, name).read_text()
+    _, stages = imagecontext._stages(text)
+    by_name = dict(stages)
+    stage: str | None = imagecontext.build_target(name) or stages[-1][0]
+    steps: list[str] = []
+    while stage is not None:
+        own = [f"{word} {args}" for word, args in imagecontext.instructions(by_name[stage])]
+        steps = own + steps[1:]
+        parent = own[0].split()[1]
+        stage = parent if parent in by_name else None
+    return steps
 
 
 WORKLOAD_IMAGES = ("data", *TORCH_IMAGES)
@@ -210,7 +242,7 @@ def test_workload_images_share_their_dependency_layers() -> None:
     dependencies come first in all four workload images; torch and the hf extra next
     in the three torch images."""
     common = [
-        "FROM ${PYTHON_IMAGE}",
+        "FROM ${PYTHON_IMAGE} AS common",
         "RUN useradd --uid 10001 --create-home modelsmith",
         "COPY --from=deps /deps/common.txt /tmp/deps/",
         "RUN --mount=type=cache,target=/root/.cache/pip  pip install -r /tmp/deps/common.txt",
@@ -237,11 +269,11 @@ def test_the_torch_pin_is_what_the_hf_extra_allows() -> None:
     hf = runtime["project"]["optional-dependencies"]["hf"]
     torch = Requirement(next(r for r in hf if r.startswith("torch")))
     for name in TORCH_IMAGES:
-        pin = re.search(r"torch==(\S+)", images.dockerfile_path(ROOT, name).read_text())
+        pin = re.search(r"torch==(\S+)", "\n".join(_final_stage(name)))
         assert pin is not None and torch.specifier.contains(pin.group(1)), name
 
 
-@pytest.mark.parametrize("name", images.IMAGES)
+@pytest.mark.parametrize("name", imagecontext.IMAGES)
 def test_dependencies_come_before_the_sources(name: str) -> None:
     """A source-only change must leave the dependency layer cached."""
     steps = _final_stage(name)

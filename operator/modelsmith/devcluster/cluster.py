@@ -11,27 +11,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
-import yaml
-
-from modelsmith.devcluster import images, nodestorage, pki, prometheus, tools
-from modelsmith.devcluster.components import (
-    Component,
-    Ports,
-    components,
-    prometheus_config,
-    registry_config,
-    stages_bytes,
-    stages_path,
+from modelsmith.devcluster import imagestore, nodestorage, pki, prometheus, tools
+from modelsmith.devcluster.clusterhome import (
+    DEFAULT_PORT_BASE,
+    DEFAULT_TIMEOUT,
+    default_home,
+    env_number,
+    prepare_home,
 )
+from modelsmith.devcluster.clusterstatus import ClusterStatus, ComponentStatus, healthy
+from modelsmith.devcluster.components import Component, Ports, components
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.nodeconfig import NODE_NAME, TAINT_KEY
 from modelsmith.devcluster.nodes import DEFAULT_NODES, node_manifest
@@ -46,56 +41,6 @@ from modelsmith.devcluster.processes import (
     wait_until,
 )
 from modelsmith.devcluster.realnode import NodeUnavailableError, RealNode
-
-DEFAULT_PORT_BASE = 16440
-DEFAULT_TIMEOUT = 90.0
-CLUSTER_NAME = "modelsmith-dev"
-
-
-@dataclass(frozen=True)
-class ComponentStatus:
-    name: str
-    pid: int
-    port: int
-    running: bool
-    healthy: bool
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    home: Path
-    components: list[ComponentStatus]
-    server: str
-
-    @property
-    def running(self) -> bool:
-        return bool(self.components) and all(c.running and c.healthy for c in self.components)
-
-    @property
-    def stopped(self) -> bool:
-        return not any(c.running for c in self.components)
-
-
-_Number = TypeVar("_Number", int, float)
-
-
-def _env_number(name: str, default: _Number, kind: type[_Number]) -> _Number:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        expected = "an integer" if kind is int else "a number"
-        raise DevClusterError(f"{name}={raw!r} is not {expected}") from None
-
-
-def default_home() -> Path:
-    explicit = os.environ.get("MODELSMITH_DEV_HOME")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "modelsmith" / "devcluster"
 
 
 class DevCluster:
@@ -126,8 +71,8 @@ class DevCluster:
         mode = os.environ.get("MODELSMITH_DEV_REAL_NODE", "1").strip().lower()
         return cls(
             default_home(),
-            Ports.from_base(_env_number("MODELSMITH_DEV_PORT_BASE", DEFAULT_PORT_BASE, int)),
-            _env_number("MODELSMITH_DEV_TIMEOUT", DEFAULT_TIMEOUT, float),
+            Ports.from_base(env_number("MODELSMITH_DEV_PORT_BASE", DEFAULT_PORT_BASE, int)),
+            env_number("MODELSMITH_DEV_TIMEOUT", DEFAULT_TIMEOUT, float),
             real_node=mode not in ("0", "false", "no", "off"),
             require_real_node=mode == "require",
         )
@@ -296,34 +241,7 @@ class DevCluster:
             )
 
     def _prepare_home(self) -> None:
-        """Keep the certificates (and so the kubeconfig) while all of them are there."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        if not pki.complete(self._pki):
-            shutil.rmtree(self.home / "pki", ignore_errors=True)
-            shutil.rmtree(self.home / "etcd", ignore_errors=True)  # its tokens need the old key
-            pki.generate(self.home / "pki")
-        self._write_kubeconfig(self._pki)
-        stages_path(self.home).write_bytes(stages_bytes())
-        registry_file, registry_text = registry_config(self.home, self.ports)
-        registry_file.write_text(registry_text)
-        pki.client_pair(self._pki, prometheus.DEV_CLIENT, prometheus.DEV_USER)
-        prometheus_file, prometheus_text = prometheus_config(self.home, self.ports, self._pki)
-        prometheus_file.write_text(prometheus_text)
-
-    def _write_kubeconfig(self, paths: pki.PKIPaths) -> None:
-        config = pki.kubeconfig(
-            CLUSTER_NAME,
-            self.server,
-            paths.ca_cert,
-            user=pki.ADMIN_USER,
-            cert=paths.admin_cert,
-            key=paths.admin_key,
-            embed=True,
-        )
-        tmp = self.kubeconfig.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(config))
-        tmp.chmod(0o600)
-        tmp.replace(self.kubeconfig)
+        prepare_home(self.home, self.ports, self._pki, self.server, self.kubeconfig)
 
     def _components(self) -> list[Component]:
         return components(self.home, self.ports, self._pki, self.kubeconfig)
@@ -331,18 +249,7 @@ class DevCluster:
     # -- health -------------------------------------------------------------------------
 
     def _healthy(self, component: Component) -> bool:
-        verify: ssl.SSLContext | bool = False  # self-signed serving certs of kcm/scheduler
-        if component.authenticated:
-            certs = self._pki
-            if not certs.ca_cert.exists():
-                return False
-            verify = ssl.create_default_context(cafile=str(certs.ca_cert))
-            verify.load_cert_chain(str(certs.admin_cert), str(certs.admin_key))
-        try:
-            resp = httpx.get(component.health_url, timeout=2.0, verify=verify)
-        except httpx.HTTPError:
-            return False
-        return resp.status_code == 200
+        return healthy(component, self._pki)
 
     def _wait_healthy(self, proc: Running, component: Component) -> None:
         self._wait_until(lambda: self._healthy(component), f"{proc.name} to become healthy", proc)
@@ -449,7 +356,7 @@ class DevCluster:
         """Bytes the images take in each of their three copies: buildah's build store (a
         cache, kept by `down --purge`), the dev registry and the node's containerd."""
         return {
-            "build store": images.store_bytes(),
+            "build store": imagestore.store_bytes(),
             "registry": du_bytes(self.home / "registry"),
             "node": du_bytes(self.node.paths.containerd_root),
         }

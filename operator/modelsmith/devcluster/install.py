@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelsmith.devcluster import images, nodestorage, tools
+from modelsmith.devcluster import imagecontext, images, nodestorage, tools
 from modelsmith.devcluster.cluster import DevCluster
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.nodeconfig import LABEL, REGISTRY_IN_NODE, TAINT_KEY
@@ -78,13 +78,13 @@ def install(
             "(and says why it cannot); the operator pod needs a node that runs containers"
         )
     registry = f"127.0.0.1:{cluster.ports.registry}"
-    refs = images.build(images.IMAGES, log)
+    refs = images.build(imagecontext.IMAGES, log)
     release = images.release_tag(refs.values())
     for ref in refs.values():
         images.push(ref, registry, log)
         images.push(ref, registry, log, tag=release)
     operator = images.push_reference(refs["operator"], REGISTRY_IN_NODE)
-    root = images.source_root()
+    root = imagecontext.source_root()
     argv = [
         str(tools.binary(tools.HELM, "helm")),
         f"--kubeconfig={cluster.kubeconfig}",

@@ -15,21 +15,17 @@ kernel settings the kubelet changed; `down(purge=True)` also deletes the images.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from modelsmith.devcluster import nodenet, nodestorage, pauseimage, pki, tools
-from modelsmith.devcluster.components import NODE_IP, Ports
+from modelsmith.devcluster import nodenet, nodestorage, nodeteardown, pauseimage, pki, tools
+from modelsmith.devcluster.components import Ports
 from modelsmith.devcluster.errors import DevClusterError
 from modelsmith.devcluster.nodeconfig import (
-    LABEL,
     NODE_NAME,
     PAUSE_IMAGE,
     REGISTRY_IN_NODE,
@@ -41,6 +37,7 @@ from modelsmith.devcluster.nodeconfig import (
     kubelet_yaml,
     registry_hosts_toml,
 )
+from modelsmith.devcluster.nodeprocesslist import ctr, node_processes
 from modelsmith.devcluster.processes import (
     NodeProcess,
     Running,
@@ -52,14 +49,6 @@ from modelsmith.devcluster.processes import (
 )
 
 RUN_DIR = Path("/run/modelsmith-node")
-MACHINE_PATHS = (
-    Path("/var/lib/kubelet"),
-    Path("/var/lib/cni"),
-    Path("/var/log/containers"),
-    Path("/var/log/pods"),
-    nodenet.NETNS_PATH.parent,
-)
-"""Paths the kubelet and CNI use whatever their flags say; removed on `down` if we made them."""
 COREDNS_USER = "modelsmith:coredns"
 REQUIRED = {
     "containerd": "containerd",
@@ -177,156 +166,10 @@ class RealNode:
 
     def processes(self, files: dict[str, Path]) -> list[NodeProcess]:
         """The node's processes in start order (each needs the ones before it)."""
-        p, api, reg = self.paths, self.ports.apiserver, self.ports.registry
-        prom = nodestorage.PROMETHEUS_PORT
-        socat = shutil.which("socat") or "socat"
-        k8s = tools.KUBE_NODE
-        kubelet = str(tools.binary(k8s, "kubelet"))
-        proxy = str(tools.binary(k8s, "kube-proxy"))
-        coredns = str(tools.binary(tools.COREDNS, "coredns"))
-        containerd = shutil.which("containerd") or "containerd"
-        return [
-            NodeProcess(
-                "api-bridge",
-                [
-                    socat,
-                    f"UNIX-LISTEN:{p.api_sock},fork,unlink-early,mode=600",
-                    f"TCP:127.0.0.1:{api}",
-                ],
-                socat,
-                p.api_sock.exists,
-            ),
-            NodeProcess(
-                "api-bridge-node",
-                nodenet.nsenter(
-                    [socat, f"TCP-LISTEN:{api},fork,reuseaddr", f"UNIX-CONNECT:{p.api_sock}"]
-                ),
-                socat,
-                lambda: self._node_port_open(api),
-            ),
-            NodeProcess(
-                "registry-bridge",
-                [
-                    socat,
-                    f"UNIX-LISTEN:{p.registry_sock},fork,unlink-early,mode=600",
-                    f"TCP:127.0.0.1:{reg}",
-                ],
-                socat,
-                p.registry_sock.exists,
-            ),
-            NodeProcess(
-                "registry-bridge-node",
-                nodenet.nsenter(
-                    [
-                        socat,
-                        "TCP-LISTEN:5000,bind=127.0.0.1,fork,reuseaddr",
-                        f"UNIX-CONNECT:{p.registry_sock}",
-                    ]
-                ),
-                socat,
-                lambda: self._node_port_open(5000),
-            ),
-            # The dev Prometheus, for the operator pod's canary analyses: on the node's
-            # address (the Service `prometheus` of the dev namespace leads there).
-            NodeProcess(
-                "prometheus-bridge",
-                [
-                    socat,
-                    f"UNIX-LISTEN:{p.prometheus_sock},fork,unlink-early,mode=600",
-                    f"TCP:127.0.0.1:{self.ports.prometheus}",
-                ],
-                socat,
-                p.prometheus_sock.exists,
-            ),
-            NodeProcess(
-                "prometheus-bridge-node",
-                nodenet.nsenter(
-                    [
-                        socat,
-                        f"TCP-LISTEN:{prom},bind={NODE_IP},fork,reuseaddr",
-                        f"UNIX-CONNECT:{p.prometheus_sock}",
-                    ]
-                ),
-                socat,
-                lambda: self._node_port_open(prom, NODE_IP),
-            ),
-            NodeProcess(
-                "containerd",
-                nodenet.nsenter([containerd, f"--config={files['containerd']}"]),
-                containerd,
-                lambda: self._ctr("version").returncode == 0,
-            ),
-            NodeProcess(
-                "kubelet",
-                nodenet.nsenter(
-                    [
-                        kubelet,
-                        f"--config={files['kubelet']}",
-                        f"--kubeconfig={files['kubelet-kubeconfig']}",
-                        f"--node-ip={NODE_IP}",
-                        f"--hostname-override={NODE_NAME}",
-                        f"--root-dir={p.kubelet_root}",
-                        f"--cert-dir={p.kubelet_root / 'pki'}",
-                        f"--node-labels={LABEL}=true",
-                        "--v=1",
-                    ]
-                ),
-                kubelet,
-                lambda: True,  # Ready is the API's word, checked by the caller
-            ),
-            NodeProcess(
-                "kube-proxy",
-                nodenet.nsenter([proxy, f"--config={files['kube-proxy']}", "--v=1"]),
-                proxy,
-                self._services_programmed,
-            ),
-            NodeProcess(
-                "coredns",
-                nodenet.nsenter([coredns, "-conf", str(files["coredns"])]),
-                coredns,
-                lambda: self._node_http_ok("http://127.0.0.1:10255/ready"),
-            ),
-            *nodestorage.processes(self.cluster_home, self.ports, files["provisioner-kubeconfig"]),
-        ]
-
-    # -- probes inside the namespace -----------------------------------------------------
-
-    def _in_node(self, code: str) -> bool:
-        done = subprocess.run(
-            nodenet.nsenter([sys.executable, "-c", code]),
-            capture_output=True,
-            check=False,
-            timeout=10,
-        )
-        return done.returncode == 0
-
-    def _node_port_open(self, port: int, host: str = "127.0.0.1") -> bool:
-        return self._in_node(
-            f"import socket; socket.create_connection(({host!r}, {port}), 1).close()"
-        )
-
-    def _node_http_ok(self, url: str) -> bool:
-        return self._in_node(f"import urllib.request as u; u.urlopen({url!r}, timeout=2)")
-
-    def _services_programmed(self) -> bool:
-        done = subprocess.run(
-            nodenet.nsenter(["iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES"]),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return done.returncode == 0 and "default/kubernetes" in done.stdout
+        return node_processes(self.cluster_home, self.paths, self.ports, files)
 
     def _ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ctr", f"--address={self.paths.containerd_sock}", "--namespace=k8s.io", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-
-    # -- up -------------------------------------------------------------------------------
+        return ctr(self.paths, *args)
 
     def up(self, kubectl: Callable[..., str], timeout: float, log: Callable[[str], None]) -> bool:
         """Start what of the node is not running; False when all of it already ran."""
@@ -440,7 +283,7 @@ class RealNode:
         if self.created.is_file():
             return
         self.paths.home.mkdir(parents=True, exist_ok=True)
-        ours = [str(p) for p in MACHINE_PATHS if not p.exists()]
+        ours = [str(p) for p in nodeteardown.MACHINE_PATHS if not p.exists()]
         self.created.write_text(json.dumps(ours))
 
     def has_traces(self) -> bool:
@@ -474,26 +317,26 @@ class RealNode:
             if name in procs:
                 halt(procs[name])
         if "containerd" in procs and is_alive(procs["containerd"]):
-            self._remove_containers(procs["containerd"])
+            nodeteardown.remove_containers(self.paths, procs["containerd"])
         for proc in reversed(recorded):
             if proc.name not in users:
                 halt(proc)
         alive = [f"process {r.name} (pid {r.pid})" for r in recorded if is_alive(r)]
         self.state.clear()
-        self._kill_shims()
+        nodeteardown.kill_shims(self.paths)
         nodenet.unmount_all(
             [
                 self.paths.kubelet_root,
                 self.paths.containerd_root,
                 self.paths.run,
-                *self._pod_netns(),
+                *nodeteardown.pod_netns(),
             ]
         )
-        for path in self._pod_netns():
+        for path in nodeteardown.pod_netns():
             path.unlink(missing_ok=True)
         stuck = nodenet.remove_cgroups()
         nodenet.teardown_network()
-        self._remove_machine_paths()
+        nodeteardown.remove_machine_paths(self.created)
         if self.saved_sysctls.is_file():
             restored = nodenet.restore_sysctls(json.loads(self.saved_sysctls.read_text()))
             if restored:
@@ -507,81 +350,6 @@ class RealNode:
             raise DevClusterError("the real node left behind: " + "; ".join(left))
         return stopped
 
-    def _remove_containers(self, containerd: Running) -> None:
-        """Every container of the node, sandboxes included, so no shim outlives containerd.
-
-        Gives up once containerd is gone (another `down`, a crash): each ctr call would
-        then wait seconds on a dead socket, twenty tries per task; the shims and mounts
-        left are removed by what follows in `down` either way."""
-        tasks = self._ctr("tasks", "ls", "-q").stdout.split()
-        for task in tasks:
-            self._ctr("tasks", "kill", "--signal=SIGKILL", task)
-        for task in tasks:
-            for _ in range(20):
-                if not is_alive(containerd):
-                    return
-                if self._ctr("tasks", "rm", "-f", task).returncode == 0:
-                    break
-                time.sleep(0.1)
-        containers = self._ctr("containers", "ls", "-q").stdout.split()
-        if containers:
-            self._ctr("containers", "rm", *containers)
-
-    def _shims(self) -> list[int]:
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-                if b"containerd-shim" in cmdline[0] and str(
-                    self.paths.containerd_sock
-                ).encode() in (b" ".join(cmdline)):
-                    pids.append(int(proc.name))
-        return pids
-
-    def _kill_shims(self) -> None:
-        for pid in self._shims():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        deadline = time.monotonic() + 5
-        while self._shims() and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-    @staticmethod
-    def _pod_netns() -> list[Path]:
-        """The pods' network namespaces (CNI names them cni-<uuid>; no other CNI runs here)."""
-        root = Path("/run/netns")
-        return sorted(root.glob("cni-*")) if root.is_dir() else []
-
-    def _remove_machine_paths(self) -> None:
-        if not self.created.is_file():
-            return
-        for raw in json.loads(self.created.read_text()):
-            path = Path(raw)
-            if path == nodenet.NETNS_PATH.parent and path.is_dir() and any(path.iterdir()):
-                continue  # another program's namespaces live there now: leave it
-            nodenet.unmount_all([path])
-            shutil.rmtree(path, ignore_errors=True)
-        self.created.unlink()
-
     def leftovers(self) -> list[str]:
         """Anything of the node's still on the machine: processes, mounts, netns, routes."""
-        left = [f"process {r.name} (pid {r.pid})" for r in self.state.load() if is_alive(r)]
-        left += [f"shim pid {pid}" for pid in self._shims()]
-        left += [
-            f"mount {m}"
-            for m in nodenet.mounts_under(
-                [
-                    self.paths.kubelet_root,
-                    self.paths.containerd_root,
-                    self.paths.run,
-                    *MACHINE_PATHS[:-1],
-                    nodenet.NETNS_PATH,
-                ]
-            )
-        ]
-        left += [f"pod netns {p.name}" for p in self._pod_netns()]
-        left += [f"cgroup {c}" for c in nodenet.node_cgroups()]
-        left += nodenet.leftover_network()
-        return left
+        return nodeteardown.leftovers(self.paths, self.state)
