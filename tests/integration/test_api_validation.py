@@ -86,7 +86,12 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("PretrainJob", "architecture.kvHeads", 3, "kvHeads must divide heads"),
     ("PretrainJob", "training.tokens", 1000000, "set exactly one of steps or tokens"),
     ("PretrainJob", "training.steps", None, "set exactly one of steps or tokens"),
-    ("PretrainJob", "training.globalBatchSize", 48, "multiple of microBatchSize * nodes"),
+    (
+        "PretrainJob",
+        "training.globalBatchSize",
+        48,
+        "multiple of microBatchSize * distribution.nodes * resources.gpus",
+    ),
     ("PretrainJob", "distribution.zeroStage", 2, "zeroStage applies to strategy deepspeed"),
     ("FineTune", "method", "full", "lora settings need method lora or qlora"),
     ("QuantizeJob", "method", "int8-weight-only", "groupSize applies to int4-weight-only"),
