@@ -23,7 +23,7 @@ class Later:
     def call(self, key: str, delay: float, fn: Callable[[], object]) -> None:
         """Run ``fn`` in ``delay`` seconds; a later call for the same key replaces it.
 
-        The caller's context goes along: kopf.event finds kopf's event queue there.
+        The caller's context goes along: kopf's per-handler context (its logging) is there.
         """
         context = contextvars.copy_context()
         timer = threading.Timer(delay, context.run, (self._fire, key, fn))
