@@ -83,8 +83,7 @@ def _batch_pass(monkeypatch: pytest.MonkeyPatch) -> Callable[[], fresh.Outcome]:
         return new
 
     monkeypatch.setattr(batch, "reconcile", reconcile)
-    target = batch._target(PIPELINE, NS, "pipe")
-    return lambda: batch._reconcile_fresh(target, SETTINGS)
+    return lambda: batch._reconcile_fresh(PIPELINE, NS, "pipe", SETTINGS)
 
 
 def _inference_pass(monkeypatch: pytest.MonkeyPatch) -> Callable[[], fresh.Outcome]:
@@ -143,9 +142,10 @@ async def test_the_event_body_saves_the_first_read(
 ) -> None:
     make = _batch_pass(monkeypatch)
     del make  # only to patch batch.reconcile
-    target = batch._target(PIPELINE, NS, "pipe")
     first = kopf.Body(_obj("DataPipeline", "pipe"))  # type: ignore[arg-type]
-    outcome = await asyncio.to_thread(batch._reconcile_fresh, target, SETTINGS, first)
+    outcome = await asyncio.to_thread(
+        lambda: batch._reconcile_fresh(PIPELINE, NS, "pipe", SETTINGS, first=first)
+    )
     assert outcome == fresh.Outcome.DONE
     assert len(api["get"]) == 0
     assert len(api["patch"]) == 1
@@ -183,8 +183,7 @@ async def test_an_invalid_spec_is_said_in_status_and_an_event_then_nothing_retri
     """Each kind's own reconcile, on a spec its model refuses: a status that says why,
     one Warning event, Outcome.INVALID (kopf.PermanentError), no child applied."""
     if handler == "batch":
-        target = batch._target(PIPELINE, NS, "pipe")
-        outcome = await asyncio.to_thread(batch._reconcile_fresh, target, SETTINGS)
+        outcome = await asyncio.to_thread(batch._reconcile_fresh, PIPELINE, NS, "pipe", SETTINGS)
         plural = "datapipelines"
     else:
         outcome = await asyncio.to_thread(inference._reconcile_fresh, NS, "svc", SETTINGS)

@@ -12,6 +12,7 @@ from modelsmith.builders.owner import Owner
 from modelsmith.builders.revision import placement, revision_name
 from modelsmith.builders.router import desired_router, route_table
 from modelsmith.builders.traffic import desired_httproute
+from modelsmith.canary.decision import Policy
 from modelsmith.canary.rollout import Inputs, Plan, next_wake, plan
 from modelsmith.config import Settings
 
@@ -143,11 +144,11 @@ def test_manual_promote_and_shadow_mirror() -> None:
     p = _step(spec, status, at=0 * SEC, ready={v1: True})
     assert p.status.canary and p.status.canary.stage == CanaryStage.SHADOW
     assert (p.split.weight, p.split.mirror_percent) == (0, 25)
-    assert next_wake(p.status, spec, T0) is not None
+    assert next_wake(p.status, Policy.of(spec), T0) is not None
     v2 = p.status.canary.revision
     done = _step(spec, p.status, at=1 * SEC, ready={v1: True, v2: True}, decision=Decision.PROMOTE)
     assert done.status.stable_revision == v2 and done.split.mirror_percent == 0
-    assert next_wake(done.status, spec, T0) is None
+    assert next_wake(done.status, Policy.of(spec), T0) is None
 
 
 def test_revision_identity_and_route_table() -> None:

@@ -159,6 +159,7 @@ class Rollout:
     def tick(self, now: datetime | None = None) -> Plan:
         now = now or datetime.now(UTC)
         ready = {STABLE: True, CANARY: True}
+        policy = Policy.of(self.spec)
         samples, queries = gather(
             self.prometheus_url,
             Target(NAMESPACE, SERVICE),
@@ -167,8 +168,20 @@ class Rollout:
             CANARY,
             ready=True,
             now=now,
+            policy=policy,
         )
-        inputs = Inputs(self.spec, CANARY, "canary", ready, samples, queries, self.decision, now, 1)
+        inputs = Inputs(
+            self.spec,
+            CANARY,
+            "canary",
+            ready,
+            samples,
+            queries,
+            self.decision,
+            now,
+            1,
+            policy=policy,
+        )
         result = plan(inputs, self.status)
         self.status = result.status
         self.plans.append((now, result))

@@ -36,19 +36,18 @@ def gather(
     *,
     ready: bool,
     now: datetime,
-    policy: Policy | None = None,
+    policy: Policy | None,
 ) -> tuple[Mapping[str, float | None] | None, dict[str, str]]:
     """(samples, queries as sent); Prometheus is asked only when an analysis is due.
 
     samples None: Prometheus unreachable or not configured, which pauses the rollout.
-    ``policy``: the one the reconcile built from ``spec``, if it did.
+    ``policy``: ``Policy.of(spec)``, built once by the reconcile that calls this.
     """
     canary = status.canary
-    if spec.canary is None or canary is None or canary.revision != desired or not ready:
+    if spec.canary is None or policy is None or canary is None:
         return {}, {}
-    if canary.stage in TERMINAL:
+    if canary.revision != desired or not ready or canary.stage in TERMINAL:
         return {}, {}
-    policy = policy or Policy.from_spec(spec.canary)
     if now - (canary.last_analysis or canary.step_started) < policy.every:
         return {}, {}
     variables = {

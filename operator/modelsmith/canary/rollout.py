@@ -260,19 +260,13 @@ RESYNC_S = 5.0
 readiness event then delays a step by seconds, not until the next analysis."""
 
 
-def next_wake(
-    status: InferenceServiceStatus,
-    spec: InferenceServiceSpec,
-    now: datetime,
-    policy: Policy | None = None,
-) -> float | None:
+def next_wake(status: InferenceServiceStatus, policy: Policy | None, now: datetime) -> float | None:
     """Seconds until this rollout needs a reconcile that no event will bring; None: never.
-    ``policy``: the one the reconcile built from ``spec``, if it did."""
+    ``policy``: the spec's (``Policy.of``); None: no canary spec."""
     canary = status.canary
     if canary is None or status.canary_revision is None:
         return None
-    if spec.canary is None:
+    if policy is None:
         return RESYNC_S
-    policy = policy or Policy.from_spec(spec.canary)
     due = (canary.last_analysis or canary.step_started) + policy.every
     return min(max((due - now).total_seconds(), 0.5), RESYNC_S)

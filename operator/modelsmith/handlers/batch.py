@@ -89,18 +89,24 @@ def _measured(kind: BatchKind, body: kopf.Body, settings: Settings) -> None:
         if not exc.refusal.retry:
             raise kopf.PermanentError(exc.refusal.message) from exc
         # Whichever path found it (own event, upstream, Job), the resource looks again.
-        target = _target(kind, meta["namespace"], meta["name"], uid=meta["uid"])
-        LATER.call(meta["uid"], preflight.RETRY_SECONDS, lambda: _reconcile_fresh(target, settings))
-
-
-def _target(kind: BatchKind, namespace: str, name: str, uid: str | None = None) -> fresh.Target:
-    return fresh.Target(kind.info.kind, kind.info.plural, namespace, name, uid)
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        LATER.call(
+            uid,
+            preflight.RETRY_SECONDS,
+            lambda: _reconcile_fresh(kind, namespace, name, settings, uid=uid),
+        )
 
 
 def _reconcile_fresh(
-    target: fresh.Target, settings: Settings, first: kopf.Body | None = None
+    kind: BatchKind,
+    namespace: str,
+    name: str,
+    settings: Settings,
+    *,
+    uid: str | None = None,
+    first: kopf.Body | None = None,
 ) -> fresh.Outcome:
-    kind = next(k for k in BATCH_KINDS if k.info.kind == target.kind)
+    target = fresh.Target(kind.info.kind, kind.info.plural, namespace, name, uid)
     return fresh.reconcile_fresh(target, lambda b: _measured(kind, b, settings), first=first)
 
 
@@ -127,8 +133,9 @@ def register(kind: BatchKind, settings: Settings) -> None:
         own progress patch, and status writes from Job and pod events can hide that one.
         """
         meta = body["metadata"]
-        target = _target(kind, meta["namespace"], meta["name"], uid=meta["uid"])
-        _reconcile_fresh(target, settings, first=body)
+        _reconcile_fresh(
+            kind, meta["namespace"], meta["name"], settings, uid=meta["uid"], first=body
+        )
 
     @kopf.on.event(*resource)
     def on_upstream(body: kopf.Body, type: str | None, **_: Any) -> None:
@@ -151,8 +158,7 @@ def register(kind: BatchKind, settings: Settings) -> None:
                 if obj.get("status", {}).get("phase") not in (None, Phase.PENDING):
                     continue
                 if _refers_to(downstream, obj, kind.info.kind, name):
-                    target = _target(downstream, namespace, obj["metadata"]["name"])
-                    _reconcile_fresh(target, settings)
+                    _reconcile_fresh(downstream, namespace, obj["metadata"]["name"], settings)
 
 
 def _refers_to(kind: BatchKind, obj: dict[str, Any], ref_kind: str, ref_name: str) -> bool:
@@ -211,7 +217,7 @@ def register_pod_watch(settings: Settings) -> None:
         for kind in BATCH_KINDS:
             name = labels.get(f"{GROUP}/{kind.info.kind.lower()}")
             if name:
-                _reconcile_fresh(_target(kind, body["metadata"]["namespace"], name), settings)
+                _reconcile_fresh(kind, body["metadata"]["namespace"], name, settings)
 
 
 def register_job_watch(settings: Settings) -> None:
@@ -232,5 +238,5 @@ def register_job_watch(settings: Settings) -> None:
         if owner is None:
             return
         kind, ref = owner
-        target = _target(kind, body["metadata"]["namespace"], ref["name"], uid=ref["uid"])
-        _reconcile_fresh(target, settings)
+        namespace = body["metadata"]["namespace"]
+        _reconcile_fresh(kind, namespace, ref["name"], settings, uid=ref["uid"])

@@ -212,7 +212,7 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
         k8s.patch_metadata(
             PLURAL, owner.namespace, owner.name, {"annotations": {DECISION_ANNOTATION: None}}
         )
-    wake = next_wake(result.status, spec, now, policy)
+    wake = next_wake(result.status, policy, now)
     if result.status.phase == ServingPhase.PENDING and not kserve:
         wake = min(wake or NOT_SERVING_RESYNC_S, NOT_SERVING_RESYNC_S)
     return wake
