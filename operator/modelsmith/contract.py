@@ -97,6 +97,9 @@ class Manifest(_Model):
 
     digest: str = Field(description="sha256 over every file's path and content.")
     producer: Producer | None = None
+    version: str | None = Field(
+        default=None, description="The producing resource's spec.version (SemVer), if set."
+    )
     files: list[ManifestFile] = Field(default_factory=list)
 
 
@@ -131,6 +134,9 @@ class Result(_Model):
     digest: str | None = None
     size_bytes: int | None = Field(default=None, description="Bytes of the published files.")
     metrics: dict[str, float] = Field(default_factory=dict)
+    version: str | None = Field(
+        default=None, description="The version the published artifact's manifest records."
+    )
     checkpoint: CheckpointInfo | None = Field(
         default=None, description="The latest complete checkpoint: where a retry resumes."
     )

@@ -35,6 +35,7 @@ def _outputs(output_uri: str, result: Result | None) -> Outputs:
         digest=result.digest,
         size_bytes=result.size_bytes,
         metrics=result.metrics,
+        version=result.version,
     )
 
 

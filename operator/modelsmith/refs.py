@@ -23,6 +23,8 @@ class Resolution:
     uris: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     """Bytes of each upstream artifact whose producer reported them."""
+    versions: dict[str, str] = field(default_factory=dict)
+    """The version (status.outputs.version) of each upstream artifact that has one."""
     lineage: list[LineageEntry] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
@@ -74,8 +76,17 @@ def resolve(inputs: dict[str, Input | None], fetch: Fetch) -> Resolution:
             out.uris[name] = uri
             if isinstance(outputs.get("sizeBytes"), int):
                 out.sizes[name] = outputs["sizeBytes"]
+            version = outputs.get("version")
+            if isinstance(version, str):
+                out.versions[name] = version
             out.lineage.append(
-                LineageEntry(kind=ref.kind, name=ref.name, uri=uri, digest=outputs.get("digest"))
+                LineageEntry(
+                    kind=ref.kind,
+                    name=ref.name,
+                    uri=uri,
+                    digest=outputs.get("digest"),
+                    version=version if isinstance(version, str) else None,
+                )
             )
     return out
 

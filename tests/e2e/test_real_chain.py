@@ -59,6 +59,12 @@ IMAGE_OF = {
     "InferenceService": "server",
 }
 OPERATOR_PODS = "app.kubernetes.io/name=modelsmith"
+VERSIONS = {
+    doc["kind"]: doc["spec"]["version"]
+    for doc in yaml.safe_load_all((SAMPLES / "chain.yaml").read_text())
+    if doc and "version" in doc.get("spec", {})
+}
+"""spec.version of each model in the local chain sample."""
 
 
 @dataclass
@@ -269,6 +275,11 @@ def test_the_chain_publishes_real_artifacts_in_real_pods(chain: ChainRun) -> Non
     assert metrics["steps"] == 300
     assert metrics["initial_loss"] == pytest.approx(math.log(index["vocabSize"]), abs=0.5)
     assert metrics["loss"] < metrics["initial_loss"] - 1.0, metrics
+    # Each model's spec.version, on its workload's word: recorded in its manifest first.
+    for kind, version in VERSIONS.items():
+        assert chain.status[kind]["outputs"]["version"] == version, chain.status[kind]
+    model = json.loads((chain.root / "models" / "local-llama" / COMPLETION_MARKER).read_text())
+    assert model["version"] == VERSIONS["PretrainJob"]
     assert (chain.root / "models" / "local-llama" / COMPLETION_MARKER).is_file()
 
     tuned = chain.status["FineTune"]["outputs"]["metrics"]
@@ -475,6 +486,11 @@ def test_a_good_canary_is_promoted_by_scraped_metrics_with_no_failed_request(
     assert canary["stage"] == "Promoted", canary
     assert status["stableRevision"] == canary["revision"] != good_canary.old_revision
     assert status["modelUri"] == "pvc://modelsmith-artifacts/models/local-llama-chat"
+    # The promoted revision serves the FineTune's model: its version, and no canary left.
+    assert (status.get("stableVersion"), status.get("canaryVersion")) == (
+        VERSIONS["FineTune"],
+        None,
+    )
     weights = [e["weight"] for e in canary["history"] if e["reason"] == "StepAdvanced"]
     assert weights == [25, 50], canary["history"]
     # Every analysis read a real value from Prometheus: the router's scraped series.
@@ -493,6 +509,7 @@ def test_a_bad_canary_is_rolled_back_by_analysis_within_two_intervals(
     canary = status["canary"]
     assert canary["stage"] == "RolledBack", canary
     assert status["stableRevision"] == good_canary.status["stableRevision"], "stable stays"
+    assert status.get("stableVersion") == VERSIONS["FineTune"], "and so does its version"
     assert status["phase"] == "Degraded"
     (failed,) = [c for c in canary["checks"] if c["name"] == "errors"]
     assert failed["verdict"] == "Fail" and failed.get("value", 0) > 0.05, failed

@@ -143,6 +143,16 @@ def test_termination_message_fills_outputs() -> None:
     assert status.outputs is not None
     assert (status.outputs.uri, status.outputs.digest) == ("/published", "sha256:1")
     assert status.outputs.metrics == {"loss": 2.5}
+    assert status.outputs.version is None
+
+
+def test_the_version_is_the_one_the_workload_says_it_published() -> None:
+    result = {"uri": "/published", "digest": "sha256:1", "version": "2.0.0-rc.1+exp.sha.5114f85"}
+    report = summarize_pods([_pod("Succeeded", result)])
+    status = compute_status(
+        BatchStatus(), _job(cond="Complete"), generation=1, output_uri="/o", now=T0, pods=report
+    )
+    assert status.outputs is not None and status.outputs.version == "2.0.0-rc.1+exp.sha.5114f85"
 
 
 def test_only_worker_zero_publishes_and_logs_are_not_results() -> None:

@@ -69,3 +69,15 @@ def test_an_upstreams_reported_size_comes_along() -> None:
         lambda k, n: world.get((k, n)),
     )
     assert res.sizes == {"model": 4096}
+
+
+def test_an_upstreams_version_comes_along_into_lineage() -> None:
+    versioned = _obj("Succeeded", "pvc://d/q", "sha256:cd")
+    versioned["status"]["outputs"]["version"] = "1.2.3-alpha.20231001"
+    world = {("QuantizeJob", "v"): versioned, ("QuantizeJob", "plain"): _obj("Succeeded")}
+    res = resolve(
+        {"model": _ref("QuantizeJob", "v"), "other": _ref("QuantizeJob", "plain")},
+        lambda k, n: world.get((k, n)),
+    )
+    assert res.versions == {"model": "1.2.3-alpha.20231001"}
+    assert [e.version for e in res.lineage] == ["1.2.3-alpha.20231001", None]

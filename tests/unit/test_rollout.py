@@ -45,11 +45,21 @@ def _step(
     ready: dict[str, bool],
     samples: dict[str, float | None] | None = None,
     decision: Decision = Decision.AUTO,
+    version: str | None = None,
 ) -> Plan:
     uri = spec.model.uri or ""
     rev = revision_name("chat", spec, uri)
     inputs = Inputs(
-        spec, rev, uri, ready, samples if samples is not None else {}, {}, decision, T0 + at, 1
+        spec,
+        rev,
+        uri,
+        ready,
+        samples if samples is not None else {},
+        {},
+        decision,
+        T0 + at,
+        1,
+        model_version=version,
     )
     return plan(inputs, status)
 
@@ -94,6 +104,42 @@ def test_a_good_canary_is_promoted_and_the_old_revision_goes() -> None:
     assert p.status.canary and p.status.canary.stage == CanaryStage.PROMOTED
     assert p.status.phase == ServingPhase.READY
     assert [h.reason for h in p.status.canary.history][-1] == "Promoted"
+
+
+def _versions(p: Plan) -> tuple[str | None, str | None]:
+    return p.status.stable_version, p.status.canary_version
+
+
+def test_each_revision_reports_the_model_version_it_serves() -> None:
+    v1_spec, v2_spec, v3_spec = (_spec(f"file:///models/v{i}") for i in (1, 2, 3))
+    p = _step(v1_spec, InferenceServiceStatus(), at=0 * SEC, ready={}, version="1.0.0")
+    v1 = p.split.stable
+    p = _step(v1_spec, p.status, at=1 * SEC, ready={v1: True}, version="1.0.0")
+    assert _versions(p) == ("1.0.0", None)
+    # A canary of 1.1.0-rc.1 is analysed while 1.0.0 keeps serving as stable.
+    p = _step(v2_spec, p.status, at=2 * SEC, ready={v1: True}, version="1.1.0-rc.1")
+    v2 = p.status.canary_revision or ""
+    assert _versions(p) == ("1.0.0", "1.1.0-rc.1")
+    for t in range(20, 220, 20):
+        p = _step(
+            v2_spec,
+            p.status,
+            at=t * SEC,
+            ready={v1: True, v2: True},
+            samples=GOOD,
+            version="1.1.0-rc.1",
+        )
+    assert p.status.stable_revision == v2 and _versions(p) == ("1.1.0-rc.1", None)
+    # A bad 2.0.0 is rolled back: the stable version stays what was promoted.
+    p = _step(v3_spec, p.status, at=300 * SEC, ready={v2: True}, version="2.0.0")
+    v3 = p.status.canary_revision or ""
+    assert _versions(p) == ("1.1.0-rc.1", "2.0.0")
+    for t in (320, 340, 360):
+        p = _step(
+            v3_spec, p.status, at=t * SEC, ready={v2: True, v3: True}, samples=BAD, version="2.0.0"
+        )
+    assert p.status.canary and p.status.canary.stage == CanaryStage.ROLLED_BACK
+    assert p.status.stable_revision == v2 and _versions(p) == ("1.1.0-rc.1", None)
 
 
 def test_a_failing_canary_rolls_back_to_full_stable_and_says_which_check() -> None:

@@ -52,6 +52,7 @@ class Published:
     uri: str = ""
     digest: str = ""
     size_bytes: int = 0
+    version: str | None = None
 
 
 def _candidates(uri: str, attempt: int) -> Iterator[str]:
@@ -70,9 +71,13 @@ def publish(
     *,
     producer: Producer | None = None,
     replace: bool = False,
+    version: str | None = None,
 ) -> Iterator[tuple[Path, Published]]:
     """Yield an empty staging directory; on a clean exit, publish it at ``uri`` or, if a
     complete artifact is there already, beside it. On an exception nothing is published.
+
+    ``version`` (a model's spec.version) goes into the manifest, the artifact's own
+    record, so whoever reads the model later learns its version from the model itself.
 
     ``replace`` is for what is not an artifact downstream (a data worker's part): the
     same writer's earlier result there is unpublished first, then replaced.
@@ -87,7 +92,7 @@ def publish(
         files = inventory(staging, sync=target is not None)
         digest = digest_of(files)
         manifest = Manifest(
-            digest=digest, producer=producer, files=files, **(meta or {})
+            digest=digest, producer=producer, version=version, files=files, **(meta or {})
         ).model_dump_json(by_alias=True, exclude_none=True, indent=2)
         attempt = producer.attempt if producer else 0
         candidates = iter([uri]) if replace else _candidates(uri, attempt)
@@ -96,6 +101,7 @@ def publish(
         else:
             out.uri = _upload(staging, files, manifest, candidates, replace)
         out.digest, out.size_bytes = digest, sum(file.size for file in files)
+        out.version = version
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -26,6 +26,18 @@ FreeForm = Annotated[
 ]
 """A Kubernetes object we pass through untouched (tolerations, affinity, valueFrom)."""
 
+_NUMERIC = r"0|[1-9]\d*"
+_PRE_RELEASE_ID = rf"(?:{_NUMERIC}|\d*[a-zA-Z-][0-9a-zA-Z-]*)"
+SEMVER = (
+    rf"^(?:{_NUMERIC})\.(?:{_NUMERIC})\.(?:{_NUMERIC})"
+    rf"(?:-{_PRE_RELEASE_ID}(?:\.{_PRE_RELEASE_ID})*)?"
+    r"(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?$"
+)
+"""Semantic Versioning 2.0.0, as semver.org's own expression states it (no leading zeros
+in numeric identifiers, dot-separated pre-release and build identifiers), with only
+non-capturing groups so the API server's RE2 and pydantic's Rust regex read it alike."""
+SemVer = Annotated[str, Field(pattern=SEMVER, min_length=5, max_length=256)]
+
 
 def immutable(message: str) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": message}]}
@@ -230,6 +242,18 @@ class WorkloadSpec(CamelModel):
     run_policy: RunPolicy = defaulted(RunPolicy, "Retries, deadline and clean-up of the run.")
 
 
+class ModelSpec(WorkloadSpec):
+    """What every model-producing kind adds: the version its artifact is published as."""
+
+    version: SemVer | None = Field(
+        default=None,
+        description="Semantic version (SemVer 2.0, e.g. 1.2.3, 1.2.3-alpha.20231001, "
+        "1.2.3+build.7) recorded in the published model's manifest and reported in "
+        "status.outputs.version; an InferenceService serving the model reports it for "
+        "its stable and canary revisions.",
+    )
+
+
 class Phase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
@@ -254,6 +278,10 @@ class Outputs(CamelModel):
     metrics: dict[str, float] = Field(
         default_factory=dict, description="Headline metrics (loss, perplexity, tokens…)."
     )
+    version: str | None = Field(
+        default=None,
+        description="The spec.version the artifact's manifest records, on the workload's word.",
+    )
 
 
 class LineageEntry(CamelModel):
@@ -263,6 +291,7 @@ class LineageEntry(CamelModel):
     name: str | None = Field(default=None, description="Name of the upstream resource.")
     uri: str = Field(description="The artifact that was read.")
     digest: str | None = Field(default=None, description="Its digest, when known.")
+    version: str | None = Field(default=None, description="Its version, when it has one.")
 
 
 class CheckpointStatus(CamelModel):
@@ -298,13 +327,22 @@ class BatchStatus(CamelModel):
     )
 
 
-def batch_columns(metric_name: str, metric_path: str) -> tuple[dict[str, Any], ...]:
-    """Phase, progress, one key metric and age, as every batch kind shows them."""
+def batch_columns(
+    metric_name: str, metric_path: str, *, versioned: bool = False
+) -> tuple[dict[str, Any], ...]:
+    """Phase, progress, one key metric and age, as every batch kind shows them; a
+    model-producing kind also shows the version its artifact was published as."""
+    version = (
+        [{"name": "Version", "type": "string", "jsonPath": ".status.outputs.version"}]
+        if versioned
+        else []
+    )
     return (
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
         {"name": "Total", "type": "integer", "jsonPath": ".status.progress.total"},
         {"name": metric_name, "type": "number", "jsonPath": metric_path},
+        *version,
         {"name": "Output", "type": "string", "jsonPath": ".status.outputs.uri", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )

@@ -235,6 +235,14 @@ class InferenceServiceStatus(CamelModel):
     model_uri: str | None = Field(default=None, description="The stable revision's model.")
     stable_revision: str | None = Field(default=None, description="Revision serving most traffic.")
     canary_revision: str | None = Field(default=None, description="Revision under analysis.")
+    stable_version: str | None = Field(
+        default=None,
+        description="The model version the stable revision serves (its producer's "
+        "status.outputs.version; empty for a model by plain URI or without a version).",
+    )
+    canary_version: str | None = Field(
+        default=None, description="The model version the canary revision serves."
+    )
     canary_weight: int | None = Field(default=None, description="Percent sent to the canary.")
     canary: CanaryStatus | None = Field(default=None, description="The latest rollout.")
 
@@ -249,7 +257,9 @@ INFERENCESERVICE = KindInfo(
     longest_child=LongestChild("NAME-0123456789", "a revision's Service: NAME and 10 hex digits"),
     printer_columns=(
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Version", "type": "string", "jsonPath": ".status.stableVersion"},
         {"name": "Canary%", "type": "integer", "jsonPath": ".status.canaryWeight"},
+        {"name": "CanaryVersion", "type": "string", "jsonPath": ".status.canaryVersion"},
         {"name": "URL", "type": "string", "jsonPath": ".status.url"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),

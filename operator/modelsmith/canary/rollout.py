@@ -45,6 +45,8 @@ class Inputs:
     failing: Mapping[str, str] = field(default_factory=dict)
     """Revision -> why its pods fail (a crash, an image that cannot be pulled): what
     Ready says instead of "not ready yet" while nothing serves."""
+    model_version: str | None = None
+    """The version the model's producer published it as (its status.outputs.version)."""
     policy: Policy | None = field(default=None)
     """The spec's canary policy, built once per reconcile by whoever made these inputs
     (the same one its analysis used); left out, it is built here from ``spec``."""
@@ -133,6 +135,9 @@ def _advance_canary(inputs: Inputs, canary: CanaryStatus) -> Step:
 def plan(inputs: Inputs, current: InferenceServiceStatus) -> Plan:
     stable = current.stable_revision or inputs.revision
     model_uri = current.model_uri if current.stable_revision else inputs.model_uri
+    # The spec's model is the stable one's: its producer's word now; otherwise the
+    # version recorded when the stable revision was promoted.
+    version = inputs.model_version if stable == inputs.revision else current.stable_version
     canary = current.canary
     events: list[tuple[str, str, str]] = []
     if inputs.revision != stable and (canary is None or canary.revision != inputs.revision):
@@ -167,7 +172,7 @@ def plan(inputs: Inputs, current: InferenceServiceStatus) -> Plan:
             )
             events.append((kind, step.reason or str(canary.stage), step.event))
         if canary.stage == CanaryStage.PROMOTED:
-            stable, model_uri = canary.revision, inputs.model_uri
+            stable, model_uri, version = canary.revision, inputs.model_uri, inputs.model_version
     active = canary is not None and canary.stage not in TERMINAL and canary.revision != stable
     split = Split(stable)
     if active and canary is not None:
@@ -187,6 +192,8 @@ def plan(inputs: Inputs, current: InferenceServiceStatus) -> Plan:
                 "model_uri": model_uri,
                 "canary": canary,
                 "canary_revision": canary.revision if active and canary else None,
+                "stable_version": version,
+                "canary_version": inputs.model_version if active else None,
                 "canary_weight": split.weight if active else None,
                 "observed_generation": inputs.generation,
             }

@@ -188,6 +188,7 @@ def reconcile(body: kopf.Body, settings: Settings) -> float | None:
             now,
             gen,
             failing={} if kserve else revisions.failing(owner, ready),
+            model_version=resolution.versions.get("model"),
             policy=policy,
         ),
         current,
