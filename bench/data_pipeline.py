@@ -1,8 +1,13 @@
-"""DataPipeline throughput and MinHash dedup quality, against datatrove, in one run.
+"""DataPipeline throughput and near-dedup quality, against baselines, in one run.
 
 On one generated corpus with planted duplicates (tests/workloads/corpus.py), prints:
 
-- our MinHash dedup alone (datasketch signatures + LSH + union-find), and datatrove's
+- our MinHash dedup alone (datasketch signatures + LSH + union-find); the same with
+  rensa's Rust R-MinHash signatures in place of datasketch's (same LSH, confirmation
+  and clusters); our SimHash dedup (numpy fingerprints, block search, the same
+  clusters) at the default 3 bits and at 10, with the ``simhash`` package's
+  fingerprints timed beside ours: each with precision, recall and its speed ratio to
+  datasketch MinHash measured in this run; and datatrove's
   four-stage MinHash dedup (signatures, buckets, cluster, filter) with the same word
   5-grams and the same banding: documents/s and MB/s per core, precision and recall
   of removing the planted near duplicates, and the ratio of the two speeds;
@@ -16,7 +21,7 @@ Everything runs on one core (one process, OMP and tokenizers threads off), so th
 figures are per core. datatrove is not a dependency: without it, our figures are
 still printed.
 
-    .venv/bin/pip install datatrove xxhash   # the baseline, optional
+    .venv/bin/pip install datatrove xxhash rensa simhash   # the baselines, optional
     .venv/bin/python bench/data_pipeline.py [--originals 10000] [--engine ray]
 """
 
@@ -34,14 +39,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # rensa's batch API: one core, like the rest
 
 from tests.workloads.corpus import JUNK, Corpus, generate, write_jsonl  # noqa: E402
 
 from modelsmith.api.datapipeline import Normalize  # noqa: E402
 from modelsmith.contract import TASK_API_VERSION  # noqa: E402
-from modelsmith_runtime.data.dedup import LSH_WEIGHTS, near_duplicates, signatures  # noqa: E402
+from modelsmith_runtime.data import simhash  # noqa: E402
+from modelsmith_runtime.data.dedup import (  # noqa: E402
+    LSH_WEIGHTS,
+    SEED,
+    near_duplicates,
+    shingles,
+    signatures,
+)
 from modelsmith_runtime.data.normalize import normalize  # noqa: E402
 
 THRESHOLD = 0.8
@@ -66,6 +81,49 @@ def ours(corpus: Corpus, texts: list[str]) -> tuple[float, tuple[float, float]]:
     cpu = time.process_time() - start
     kept = {text for text, dup in zip(texts, duplicate, strict=True) if not dup}
     return cpu, corpus.scores(kept)
+
+
+def rensa_minhash(corpus: Corpus, texts: list[str]) -> tuple[float, tuple[float, float]] | None:
+    """rensa's R-MinHash signatures (Rust) through our LSH, confirmation and clusters."""
+    try:
+        from rensa import RMinHash
+    except ImportError as exc:
+        print(f"rensa skipped: {exc} (pip install rensa)")
+        return None
+    start = time.process_time()
+    sets = [list(shingles(text, NGRAM)) for text in texts]
+    matrix = RMinHash.digest_matrix_from_token_byte_sets(sets, PERMUTATIONS, SEED)
+    sigs = np.asarray(matrix.to_rows(), dtype=np.uint32)
+    duplicate = near_duplicates(sigs, THRESHOLD)
+    cpu = time.process_time() - start
+    kept = {text for text, dup in zip(texts, duplicate, strict=True) if not dup}
+    return cpu, corpus.scores(kept)
+
+
+def ours_simhash(
+    corpus: Corpus, texts: list[str], distance: int
+) -> tuple[float, tuple[float, float]]:
+    start = time.process_time()
+    sigs = simhash.fingerprints(texts, len(texts), NGRAM)
+    duplicate = simhash.near_duplicates(sigs, distance)
+    cpu = time.process_time() - start
+    kept = {text for text, dup in zip(texts, duplicate, strict=True) if not dup}
+    return cpu, corpus.scores(kept)
+
+
+def fingerprint_speeds(texts: list[str]) -> tuple[float, float | None]:
+    """CPU seconds for the fingerprints alone: ours, and the ``simhash`` package's."""
+    start = time.process_time()
+    simhash.fingerprints(texts, len(texts), NGRAM)
+    mine = time.process_time() - start
+    try:
+        from simhash import Simhash
+    except ImportError:
+        return mine, None
+    start = time.process_time()
+    for text in texts:
+        Simhash([gram.decode() for gram in shingles(text, NGRAM)])
+    return mine, time.process_time() - start
 
 
 def datatrove(corpus: Corpus, texts: list[str]) -> tuple[float, tuple[float, float]] | None:
@@ -213,6 +271,20 @@ def main() -> None:
 
     our_cpu, our_scores = ours(corpus, texts)
     _line("modelsmith MinHash dedup", len(texts), megabytes, our_cpu, our_scores)
+    rensa = rensa_minhash(corpus, texts)
+    if rensa is not None:
+        _line("MinHash, rensa signatures", len(texts), megabytes, *rensa)
+        print(f"speed ratio rensa / datasketch signatures: {our_cpu / rensa[0]:.2f}x")
+    for distance in (3, 10):
+        cpu, scores = ours_simhash(corpus, texts, distance)
+        _line(f"modelsmith SimHash dedup, k={distance}", len(texts), megabytes, cpu, scores)
+        print(f"speed ratio SimHash k={distance} / MinHash: {our_cpu / cpu:.2f}x")
+    mine, library = fingerprint_speeds(texts)
+    if library is not None:
+        print(
+            f"SimHash fingerprints: ours {len(texts) / mine:.0f} docs/s/core, the simhash "
+            f"package {len(texts) / library:.0f}: ratio {library / mine:.2f}x"
+        )
     baseline = datatrove(corpus, texts)
     if baseline is not None:
         dt_cpu, dt_scores = baseline

@@ -91,8 +91,8 @@ def not_a_task_config(workdir: Path, output: Path) -> str:
 
 
 def method_not_in_the_schema(workdir: Path, output: Path) -> dict[str, Any]:
-    """simhash was once in the enum and only ever failed; the schema now rejects it."""
-    spec = _spec(output, _good_source(workdir), dedup={"near": "simhash"})
+    """A method the schema does not list is refused by name, with the ones it does."""
+    spec = _spec(output, _good_source(workdir), dedup={"near": "lsh"})
     return task_config("DataPipeline", spec, str(output))
 
 
@@ -106,7 +106,11 @@ CASES: list[tuple[Setup, str, str]] = [
     (tokenizer_without_tokenizer_json, "InvalidTokenizer", "no tokenizer.json"),
     (invalid_spec, "InvalidSpec", "threshold"),
     (not_a_task_config, "InvalidTaskConfig", "spec"),
-    (method_not_in_the_schema, "InvalidSpec", "dedup.near\n  Input should be 'minhash' or 'none'"),
+    (
+        method_not_in_the_schema,
+        "InvalidSpec",
+        "dedup.near\n  Input should be 'minhash', 'simhash' or 'none'",
+    ),
 ]
 
 

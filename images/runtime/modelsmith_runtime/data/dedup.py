@@ -84,7 +84,7 @@ def exact_duplicates(keys: Sequence[bytes]) -> np.ndarray[Any, Any]:
     return duplicate
 
 
-class _Clusters:
+class Clusters:
     """Union-find whose root is always the smallest (earliest) member."""
 
     def __init__(self, size: int) -> None:
@@ -116,7 +116,7 @@ def near_duplicates(
     count, num_perm = sigs.shape
     rows = np.arange(count) if candidates is None else np.flatnonzero(candidates)
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
-    clusters = _Clusters(count)
+    clusters = Clusters(count)
     for i in rows.tolist():
         sketch = LeanMinHash(seed=SEED, hashvalues=sigs[i], scheme=SCHEME)
         found = lsh.query(sketch)

@@ -1,4 +1,7 @@
-"""Quality filters: length, Gopher repetition, regex blocklist (perplexity: `perplexity`).
+"""Quality filters: length, Gopher repetition, regex blocklist, character entropy.
+
+The filters that need a fitted model run later, over a worker's survivors: the
+domain similarity (`quality.DomainScorer`) and the perplexity (`perplexity`).
 
 They run in the spec's order and the first that fires names the reason, so each
 removed document is counted once. The repetition measures are the Gopher ones
@@ -14,6 +17,7 @@ import re
 from collections import Counter
 
 from modelsmith.api.datapipeline import Filters
+from modelsmith_runtime.data.quality import char_entropy
 from modelsmith_runtime.data.stats import Reason
 from modelsmith_runtime.errors import BadInputError
 
@@ -71,4 +75,15 @@ class QualityFilters:
                 return Reason.REPETITION_NGRAM
         if any(pattern.search(text) for pattern in self.blocklist):
             return Reason.BLOCKLIST
+        return self._entropy(text)
+
+    def _entropy(self, text: str) -> Reason | None:
+        entropy = self.spec.entropy
+        if entropy is None:
+            return None
+        bits = char_entropy(text)
+        if bits < entropy.min_bits:
+            return Reason.ENTROPY_LOW
+        if bits > entropy.max_bits:
+            return Reason.ENTROPY_HIGH
         return None

@@ -63,7 +63,8 @@ class Part:
     """Raw UTF-8 bytes per document, for the byte counts of later removals."""
     hashes: list[bytes]
     signatures: np.ndarray[Any, Any] | None
-    """(N, permutations) uint32 MinHash signatures; None when near dedup is off."""
+    """(N, width) uint32 near-dedup signatures: MinHash (width = permutations) or SimHash
+    (the 64-bit fingerprint as two halves); None when near dedup is off."""
     stats: Stats
 
 

@@ -1,7 +1,8 @@
 """The map half (every worker, over its slice) and the reduce half (worker 0, over all).
 
 The map half does everything that needs one document at a time and is worth
-spreading: normalize, filter, perplexity, exact hash, MinHash signature. The reduce
+spreading: normalize, filter, domain, perplexity, exact hash, MinHash signature or
+SimHash fingerprint. The reduce
 half does what needs every document at once: exact and near dedup across all the
 workers' slices, and the mixture. Everything the reduce decides depends on corpus
 order only, never on which worker saw a document, so 1 worker and N workers keep the
@@ -20,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from modelsmith.api.datapipeline import DataPipelineSpec, NearDedupMethod
-from modelsmith_runtime.data.dedup import exact_duplicates, exact_key, near_duplicates, signatures
+from modelsmith.api.datapipeline import DataPipelineSpec, Dedup, NearDedupMethod
+from modelsmith_runtime.data import dedup, simhash
+from modelsmith_runtime.data.dedup import exact_duplicates, exact_key
 from modelsmith_runtime.data.filters import QualityFilters
 from modelsmith_runtime.data.normalize import normalize
 from modelsmith_runtime.data.parts import Part, concat
+from modelsmith_runtime.data.quality import DomainScorer
 from modelsmith_runtime.data.readers import Scanned, SourceFiles, read_documents
 from modelsmith_runtime.data.stats import Reason, Stats
 
@@ -46,6 +49,32 @@ def _drop(part: Part, keep: np.ndarray[Any, Any]) -> Part:
     )
 
 
+def signature_width(spec: Dedup) -> int | None:
+    """uint32 columns per document of the near-dedup signature; None when there is none."""
+    if spec.near is NearDedupMethod.MINHASH:
+        return spec.num_permutations
+    if spec.near is NearDedupMethod.SIMHASH:
+        return simhash.WIDTH
+    return None
+
+
+def sign(texts: list[str], spec: Dedup) -> np.ndarray[Any, Any] | None:
+    """The near-dedup signatures of ``texts``: what a worker computes for the reduce."""
+    if spec.near is NearDedupMethod.MINHASH:
+        return dedup.signatures(texts, len(texts), spec.num_permutations, spec.ngram)
+    if spec.near is NearDedupMethod.SIMHASH:
+        return simhash.fingerprints(texts, len(texts), spec.ngram)
+    return None
+
+
+def near_duplicates(
+    sigs: np.ndarray[Any, Any], spec: Dedup, candidates: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    if spec.near is NearDedupMethod.SIMHASH:
+        return simhash.near_duplicates(sigs, spec.max_hamming_distance, candidates)
+    return dedup.near_duplicates(sigs, spec.jaccard_threshold, candidates)
+
+
 class Cleaner:
     """Normalize, then the cheap filters: what every document goes through, in both engines."""
 
@@ -57,6 +86,16 @@ class Cleaner:
         """The normalized text, and the first filter reason to drop it (None: keep)."""
         text = normalize(text, self.normalize_spec)
         return text, self.filters.check(text)
+
+
+def drop_off_domain(part: Part, spec: DataPipelineSpec, scorer: DomainScorer | None) -> Part:
+    """The part without the documents too unlike the reference corpus."""
+    domain = spec.filters.domain
+    if domain is None or scorer is None or not part.texts:
+        return part
+    low = scorer.scores(part.texts) < domain.min_similarity
+    part.stats.remove(Reason.DOMAIN, int(part.sizes[low].sum()), int(low.sum()))
+    return _drop(part, ~low)
 
 
 def drop_perplexity(part: Part, spec: DataPipelineSpec, reference_model: Path | None) -> Part:
@@ -79,6 +118,7 @@ def process_slice(
     workers: int,
     reference_model: Path | None = None,
     *,
+    domain: DomainScorer | None = None,
     stats: Stats | None = None,
     scanned: Scanned | None = None,
 ) -> Part:
@@ -113,15 +153,12 @@ def process_slice(
         stats=stats,
     )
     log.info("worker %d: %d documents read, %d pass", worker, stats.read.documents, len(texts))
-    part = drop_perplexity(part, spec, reference_model)
+    part = drop_perplexity(drop_off_domain(part, spec, domain), spec, reference_model)
     if spec.dedup.exact:
         repeated = exact_duplicates(part.hashes)
         stats.remove(Reason.EXACT_DUPLICATE, int(part.sizes[repeated].sum()), int(repeated.sum()))
         part = _drop(part, ~repeated)
-    if spec.dedup.near is NearDedupMethod.MINHASH:
-        part.signatures = signatures(
-            part.texts, len(part.texts), spec.dedup.permutations, spec.dedup.ngram
-        )
+    part.signatures = sign(part.texts, spec.dedup)
     return part
 
 
@@ -147,8 +184,8 @@ def reduce_parts(parts: list[Part], spec: DataPipelineSpec) -> Reduced:
         exact = exact_duplicates(merged.hashes)
         dedup.remove(Reason.EXACT_DUPLICATE, int(merged.sizes[exact].sum()), int(exact.sum()))
         keep &= ~exact
-    if spec.dedup.near is NearDedupMethod.MINHASH and merged.signatures is not None:
-        near = near_duplicates(merged.signatures, spec.dedup.threshold, candidates=keep)
+    if spec.dedup.near is not NearDedupMethod.NONE and merged.signatures is not None:
+        near = near_duplicates(merged.signatures, spec.dedup, candidates=keep)
         dedup.remove(Reason.NEAR_DUPLICATE, int(merged.sizes[near].sum()), int(near.sum()))
         keep &= ~near
     merged.stats.merge(dedup)

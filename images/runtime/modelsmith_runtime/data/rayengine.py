@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from modelsmith.api.datapipeline import DataPipelineSpec, NearDedupMethod
+from modelsmith.api.datapipeline import DataPipelineSpec
 from modelsmith_runtime import raycluster
-from modelsmith_runtime.data.dedup import exact_key, signatures
+from modelsmith_runtime.data.dedup import exact_key
 from modelsmith_runtime.data.parts import Part
-from modelsmith_runtime.data.pipeline import Cleaner
+from modelsmith_runtime.data.pipeline import Cleaner, sign, signature_width
 from modelsmith_runtime.data.readers import (
     InvalidTally,
     Share,
@@ -82,7 +82,7 @@ _CLEANED = pa.schema(
     ]
 )
 """What reaches the driver: the reason a record was removed ("" when kept), and text,
-hash and MinHash signature only for the kept ones."""
+hash and near-dedup signature (MinHash or SimHash) only for the kept ones."""
 
 
 class _CarriedError(Exception):
@@ -168,8 +168,9 @@ def _clean(batch: pa.Table, spec: DataPipelineSpec) -> pa.Table:
     kept = [t for t in texts if t is not None]
     hashes: list[bytes | None] = [exact_key(t) if t is not None else None for t in texts]
     sigs: list[bytes | None] = [None] * len(texts)
-    if spec.dedup.near is NearDedupMethod.MINHASH and kept:
-        rows = iter(signatures(kept, len(kept), spec.dedup.permutations, spec.dedup.ngram))
+    signed = sign(kept, spec.dedup) if kept else None
+    if signed is not None:
+        rows = iter(signed)
         sigs = [next(rows).tobytes() if t is not None else None for t in texts]
     columns = {
         "source": batch.column("source"),
@@ -189,9 +190,10 @@ def _clean(batch: pa.Table, spec: DataPipelineSpec) -> pa.Table:
 class _Gathered:
     """The driver's fold of the cleaned rows: the ledger, and the documents kept so far."""
 
-    def __init__(self, sources: list[SourceFiles], permutations: int | None) -> None:
+    def __init__(self, sources: list[SourceFiles], width: int | None) -> None:
         self.sources = sources
-        self.permutations = permutations
+        self.width = width
+        """uint32 columns of a signature; None when near dedup is off."""
         self.stats = Stats()
         self.tallies = {s.index: InvalidTally() for s in sources}
         self.first_invalid: dict[int, tuple[tuple[int, int, int], str]] = {}
@@ -225,7 +227,7 @@ class _Gathered:
                 self.texts.append(rows["text"][i])
                 self.sizes.append(size)
                 self.hashes.append(rows["hash"][i])
-                if self.permutations is not None:
+                if self.width is not None:
                     self.signatures.append(rows["signature"][i])
 
     def part(self) -> Part:
@@ -239,9 +241,9 @@ class _Gathered:
         keys = np.asarray(self.keys, dtype=np.int64).reshape(-1, 3)
         order = np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0])).tolist()
         sigs = None
-        if self.permutations is not None:
+        if self.width is not None:
             raw = b"".join(self.signatures[i] for i in order)
-            sigs = np.frombuffer(raw, dtype=np.uint32).reshape(-1, self.permutations).copy()
+            sigs = np.frombuffer(raw, dtype=np.uint32).reshape(-1, self.width).copy()
         return Part(
             keys=keys[order].reshape(-1, 3),
             texts=[self.texts[i] for i in order],
@@ -265,8 +267,7 @@ def map_on_ray(spec: DataPipelineSpec, sources: list[SourceFiles], telemetry: Te
     are not yet removed (the reduce does that, as for the indexed engine).
     """
     Cleaner(spec)  # a bad blocklist regex fails here, before Ray starts
-    permutations = spec.dedup.permutations if spec.dedup.near is NearDedupMethod.MINHASH else None
-    gathered = _Gathered(sources, permutations)
+    gathered = _Gathered(sources, signature_width(spec.dedup))
     telemetry.watch(gathered.stats)
     with raycluster.connect() as ray:
         try:
