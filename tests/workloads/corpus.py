@@ -244,11 +244,12 @@ def write_text_dir(texts: list[str], root: Path) -> Path:
     return root
 
 
-def read_back(dataset: Path, eos: str = "<|endoftext|>") -> tuple[list[str], str]:
-    """The documents in a packed dataset, decoded with its own tokenizer.
+def read_sources(dataset: Path, eos: str = "<|endoftext|>") -> list[tuple[list[str], str]]:
+    """The documents in a packed dataset, decoded with its own tokenizer, per source.
 
-    Returns the complete documents, in training order, and the start of the one the
-    dropped tail cut short ("" when none was).
+    Each source is packed as its own stream (its rows, in order, are its documents back
+    to back); for each: the complete documents, in training order, and the start of the
+    one the dropped tail cut short ("" when none was).
     """
     import numpy as np
     from tokenizers import Tokenizer
@@ -257,15 +258,54 @@ def read_back(dataset: Path, eos: str = "<|endoftext|>") -> tuple[list[str], str
 
     packed = PackedDataset.open(dataset)
     tokenizer = Tokenizer.from_file(str(dataset / "tokenizer" / "tokenizer.json"))
-    ids = np.concatenate([np.asarray(a).reshape(-1) for a in packed.arrays]).tolist()
-    pieces = tokenizer.decode(ids, skip_special_tokens=False).split(eos)
-    return pieces[:-1], pieces[-1]
+    rows = np.concatenate([np.asarray(a) for a in packed.arrays])
+    tags = np.concatenate([packed.source_ids(i) for i in range(len(packed.arrays))])
+    out = []
+    for source in range(len(packed.sources)):
+        ids = rows[tags == source].reshape(-1).tolist()
+        pieces = tokenizer.decode(ids, skip_special_tokens=False).split(eos)
+        out.append((pieces[:-1], pieces[-1]))
+    return out
+
+
+def read_back(dataset: Path, eos: str = "<|endoftext|>") -> tuple[list[str], str]:
+    """`read_sources` of a one-source dataset: its documents and its cut-short start."""
+    (only,) = read_sources(dataset, eos)
+    return only
 
 
 def kept_texts(dataset: Path, candidates: set[str]) -> set[str]:
-    """The distinct candidate texts found in a dataset, the cut-short one included."""
-    complete, partial = read_back(dataset)
-    kept = set(complete)
-    if partial:
-        kept |= {text for text in candidates if text.startswith(partial)}
+    """The distinct candidate texts found in a dataset, the cut-short ones included."""
+    kept: set[str] = set()
+    for complete, partial in read_sources(dataset):
+        kept |= set(complete)
+        if partial:
+            kept |= {text for text in candidates if text.startswith(partial)}
     return kept
+
+
+def entropy_junk(count: int, seed: int = 13) -> tuple[list[str], list[str]]:
+    """Documents every other filter keeps but a character-entropy band must drop.
+
+    Low: one character, two alternating, the ten digits in turn (0, 1 and 3.3 bits per
+    character). High: base64 of random bytes (6.0) and words of random printable
+    characters (5.9 to 6.1). Each is one long word or has no repeated 2-gram, so the length
+    and repetition filters let it through. Prose of this module's generator is 4.6.
+    """
+    import base64
+    import string
+
+    rng = random.Random(seed)  # noqa: S311 - test data, not secrets
+    low: list[str] = []
+    high: list[str] = []
+    printable = string.ascii_letters + string.digits + string.punctuation
+    for i in range(count):
+        size = 300 + 10 * i
+        patterns = (rng.choice("abcdefgh"), "xy", "0123456789")
+        low.append((patterns[i % 3] * size)[:size])
+        if i % 2:
+            high.append(base64.b64encode(rng.randbytes(size)).decode())
+        else:
+            words = ("".join(rng.choices(printable, k=rng.randint(3, 9))) for _ in range(size // 6))
+            high.append(" ".join(words))
+    return low, high

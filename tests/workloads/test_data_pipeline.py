@@ -26,6 +26,7 @@ from .corpus import (
     generate,
     kept_texts,
     read_back,
+    read_sources,
     write_jsonl,
     write_parquet,
     write_text_dir,
@@ -200,11 +201,15 @@ def test_parquet_text_and_gzipped_jsonl_sources_mix_by_weight(workdir: Path) -> 
     assert stats[0]["documentsPacked"] == 30
     assert stats[1]["documentsPacked"] == 60
     assert 8 <= stats[2]["documentsPacked"] <= 22
-    complete, partial = read_back(out)
-    found = set(complete) | ({t for t in texts if t.startswith(partial)} if partial else set())
+    per_source = read_sources(out)  # one stream per source: a tail cut short in each
+    found = kept_texts(out, set(texts))
     assert set(texts[:60]) <= found, "every parquet row and text file is in the shards"
     assert found <= set(texts)
-    assert len(complete) + bool(partial) == report["documents"]["packed"]
+    assert sum(len(c) + bool(p) for c, p in per_source) == report["documents"]["packed"]
+    for (complete, _), planted in zip(
+        per_source, (texts[:30], texts[30:60], texts[60:]), strict=True
+    ):
+        assert set(complete) <= set(planted), "every sequence holds its own source's text"
 
 
 def _same_dataset(a: Path, b: Path) -> None:

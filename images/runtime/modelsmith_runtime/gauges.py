@@ -58,10 +58,18 @@ def stop_server(server: Any) -> None:
 
 
 class Gauges:
-    """`<prefix><name>` gauges, one per entry of ``helps``; unknown names are ignored."""
+    """`<prefix><name>` gauges, one per entry of ``helps``; unknown names are ignored.
+    ``labelled`` gauges carry one ``label`` (a series per value of it)."""
 
-    def __init__(self, prefix: str, helps: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        helps: Mapping[str, str],
+        labelled: Mapping[str, str] | None = None,
+        label: str = "",
+    ) -> None:
         self._gauges: dict[str, Any] = {}
+        self._labelled: dict[str, Any] = {}
 
         def populate(registry: Any) -> None:
             from prometheus_client import Gauge
@@ -69,6 +77,10 @@ class Gauges:
             self._gauges = {
                 name: Gauge(f"{prefix}{name}", text, registry=registry)
                 for name, text in helps.items()
+            }
+            self._labelled = {
+                name: Gauge(f"{prefix}{name}", text, [label], registry=registry)
+                for name, text in (labelled or {}).items()
             }
 
         self._server = start_server(populate)
@@ -82,6 +94,13 @@ class Gauges:
             gauge = self._gauges.get(name)
             if gauge is not None:
                 gauge.set(value)
+
+    def set_labelled(self, name: str, values: Mapping[str, float]) -> None:
+        """Gauge ``name``'s series, one per label value."""
+        gauge = self._labelled.get(name)
+        if gauge is not None:
+            for label, value in values.items():
+                gauge.labels(label).set(value)
 
     def close(self) -> None:
         stop_server(self._server)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelsmith.api.datapipeline import DataEngine, DataPipelineSpec
+from modelsmith.api.datapipeline import DataEngine, DataPipelineSpec, NearDedupMethod
 from modelsmith.contract import Result
 from modelsmith_runtime.data.parts import (
     Part,
@@ -35,12 +35,14 @@ from modelsmith_runtime.data.parts import (
 )
 from modelsmith_runtime.data.pipeline import (
     Reduced,
+    drop_off_domain,
     drop_perplexity,
     duplicate_rate,
     mixture,
     process_slice,
     reduce_parts,
 )
+from modelsmith_runtime.data.quality import DomainScorer, read_reference
 from modelsmith_runtime.data.readers import SourceFiles, list_source
 from modelsmith_runtime.data.stats import Reason, Stats
 from modelsmith_runtime.data.telemetry import Telemetry
@@ -54,7 +56,7 @@ from modelsmith_runtime.data.tokenize import (
     train,
 )
 from modelsmith_runtime.errors import BadInputError
-from modelsmith_runtime.shards import FORMAT, REPORT, TOKENIZER, ShardWriter
+from modelsmith_runtime.shards import FORMAT, REPORT, TOKENIZER, ShardWriter, source_names
 from modelsmith_runtime.storage import open_artifact, publish
 from modelsmith_runtime.task import Task, load_task
 
@@ -72,6 +74,11 @@ def run(task_config: Path) -> Result:
     reference = None
     if spec.filters.perplexity is not None:
         reference = open_artifact(task.input("referenceModel"), "filters.perplexity.referenceModel")
+    domain = None
+    if spec.filters.domain is not None:
+        texts = read_reference(task.input("domainReference"), spec.filters.domain)
+        domain = DomainScorer(texts)
+        log.info("domain: %d reference documents, %d words", len(texts), len(domain.vocabulary))
     existing = None
     if spec.tokenizer.existing is not None and task.worker_index == 0:
         existing = load_existing(open_artifact(task.input("tokenizer"), "tokenizer.existing"))
@@ -81,16 +88,24 @@ def run(task_config: Path) -> Result:
         if spec.engine is DataEngine.RAY:
             from modelsmith_runtime.data.rayengine import map_on_ray
 
-            part = drop_perplexity(map_on_ray(spec, sources, telemetry), spec, reference)
+            part = map_on_ray(spec, sources, telemetry)
+            part = drop_perplexity(drop_off_domain(part, spec, domain), spec, reference)
             return _reduce(task, [part], existing, telemetry)
         if task.workers == 1:
             ledger = Stats()
             telemetry.watch(ledger)
             part = process_slice(
-                spec, sources, 0, 1, reference, stats=ledger, scanned=telemetry.scanned
+                spec,
+                sources,
+                0,
+                1,
+                reference,
+                domain=domain,
+                stats=ledger,
+                scanned=telemetry.scanned,
             )
             return _reduce(task, [part], existing, telemetry)
-        parts = _map(task, sources, reference, telemetry)
+        parts = _map(task, sources, reference, domain, telemetry)
         if isinstance(parts, Result):
             return parts
         try:
@@ -106,6 +121,7 @@ def _map(
     task: Task[DataPipelineSpec],
     sources: list[SourceFiles],
     reference: Path | None,
+    domain: DomainScorer | None,
     telemetry: Telemetry,
 ) -> list[Part] | Result:
     """This worker's part, published for worker 0; for worker 0, every worker's part.
@@ -126,6 +142,7 @@ def _map(
             task.worker_index,
             task.workers,
             reference,
+            domain=domain,
             stats=ledger,
             scanned=telemetry.scanned,
         )
@@ -180,8 +197,17 @@ def _build(
             trained = train(iter(texts), len(texts), spec.tokenizer.train)
             info = save_trained(trained, staging / TOKENIZER, length)
         order = mixture(reduced, spec)
-        writer = ShardWriter(staging, length, info.vocab_size, spec.packing.shard_size_mb << 20)
-        packed = pack(info, (texts[i] for i in order), writer, telemetry.tokenized)
+        names = source_names([source.uri for source in spec.sources])
+        shard_bytes = spec.packing.shard_size_mb << 20
+        writer = ShardWriter(staging, length, info.vocab_size, shard_bytes, sources=names)
+        of_source = reduced.part.keys[:, 0]
+        packed = pack(
+            info,
+            (texts[i] for i in order),
+            writer,
+            telemetry.tokenized,
+            sources=(int(of_source[i]) for i in order),
+        )
         if packed.tokens - packed.dropped == 0:
             raise BadInputError(
                 "EmptyCorpus",
@@ -224,6 +250,16 @@ def _counts(stats: Stats) -> dict[str, float]:
     return metrics
 
 
+def _near_settings(spec: DataPipelineSpec) -> dict[str, Any]:
+    """What decided "near": MinHash's threshold and permutations, or SimHash's distance."""
+    dedup = spec.dedup
+    if dedup.near is NearDedupMethod.SIMHASH:
+        return {"maxHammingDistance": dedup.max_hamming_distance, "fingerprintBits": 64}
+    if dedup.near is NearDedupMethod.MINHASH:
+        return {"threshold": dedup.jaccard_threshold, "permutations": dedup.num_permutations}
+    return {}
+
+
 def _report(
     task: Task[DataPipelineSpec],
     reduced: Reduced,
@@ -254,15 +290,16 @@ def _report(
         "dedup": {
             "exact": spec.dedup.exact,
             "near": spec.dedup.near.value,
-            "threshold": spec.dedup.threshold,
-            "permutations": spec.dedup.permutations,
             "ngram": spec.dedup.ngram,
+            **_near_settings(spec),
             "exactDuplicates": exact,
             "nearDuplicates": near,
             "duplicateRate": duplicate_rate(stats, reduced.documents),
         },
         "sources": [
             {
+                "name": index["sources"][i],
+                "sequences": index["sourceSequences"][i],
                 "uri": source.uri,
                 "format": source.format.value,
                 "weight": source.weight,

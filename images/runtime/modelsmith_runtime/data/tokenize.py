@@ -12,8 +12,12 @@ An existing tokenizer's files are copied as they are; its end-of-text token is t
 ``eos_token`` of its tokenizer_config.json, else a well-known name in its vocabulary.
 
 Packing follows nanoGPT and Megatron: every document's tokens plus the end-of-text
-token go into one stream, cut into rows of ``sequence_length`` (a document may span
-two rows); the tail shorter than a row is dropped and counted in the report.
+token go into a stream, cut into rows of ``sequence_length`` (a document may span
+two rows); the tail shorter than a row is dropped and counted in the report. There is
+one stream per source, so every row comes from one source and carries its id (the
+trainer's loss-driven mixture samples by it); a source's tail is dropped the same
+way. Rows leave in corpus order, a batch of documents at a time, so one source packs
+exactly as a single stream does and the output does not depend on the engine.
 """
 
 from __future__ import annotations
@@ -167,23 +171,35 @@ def pack(
     texts: Iterable[str],
     writer: ShardWriter,
     tokenized: Callable[[int], None] | None = None,
+    sources: Iterable[int] | None = None,
 ) -> Packed:
-    """Tokenize and pack ``texts``; ``tokenized`` hears each batch's token count."""
+    """Tokenize and pack ``texts``; ``tokenized`` hears each batch's token count.
+
+    ``sources`` runs beside ``texts`` (each document's source index); None: one source.
+    """
     length = writer.sequence_length
-    carry: list[int] = []
+    tags = iter(sources) if sources is not None else None
+    carries: dict[int, list[int]] = {}
     documents = tokens = 0
     for batch in _batches(texts, _ENCODE_BATCH):
-        stream, before = carry, len(carry)
+        added = 0
+        grown: set[int] = set()
         for encoding in info.tokenizer.encode_batch_fast(batch, add_special_tokens=False):
+            source = next(tags) if tags is not None else 0
+            stream = carries.setdefault(source, [])
             stream.extend(encoding.ids)
             stream.append(info.eos_id)
+            added += len(encoding.ids) + 1
+            grown.add(source)
         documents += len(batch)
-        rows = len(stream) // length
-        tokens += len(stream) - before
+        tokens += added
         if tokenized is not None:
-            tokenized(len(stream) - before)
-        array: np.ndarray[Any, Any] = np.asarray(stream[: rows * length], dtype=np.int64)
-        for row in array.reshape(rows, length):
-            writer.add(row)
-        carry = stream[rows * length :]
-    return Packed(documents, tokens, len(carry))
+            tokenized(added)
+        for source in sorted(grown):
+            stream = carries[source]
+            rows = len(stream) // length
+            array: np.ndarray[Any, Any] = np.asarray(stream[: rows * length], dtype=np.int64)
+            for row in array.reshape(rows, length):
+                writer.add(row, source)
+            carries[source] = stream[rows * length :]
+    return Packed(documents, tokens, sum(len(carry) for carry in carries.values()))
