@@ -59,16 +59,16 @@ def test_torchrun_is_started_once_and_only_for_more_than_one_rank(
 def test_bad_input_under_torchrun_still_exits_2(tmp_path: Path) -> None:
     dataset = tmp_path / "data"
     publish_dataset(str(dataset))
-    moe = {"type": "moe", "layers": 2, "hiddenSize": 64, "heads": 4, "experts": 4}
     config = pretrain_config(
         str(dataset),
         str(tmp_path / "model"),
-        architecture={**moe, "capacityFactor": 1.25},
+        architecture={"vocabSize": 256},  # below the dataset's: refused by the plan
         distribution={"strategy": "fsdp"},
         resources={"gpus": 2},
     )
     run = run_component("pretrain", config, tmp_path / "run", env=pod_env(2))
     assert run.returncode == ExitCode.BAD_INPUT, run.output
     assert run.result is not None and run.result.error is not None
-    assert run.result.error.reason == "Unsupported"
+    assert run.result.error.reason == "InvalidSpec"
+    assert "vocabSize" in run.result.error.message
     assert not (tmp_path / "model").exists()

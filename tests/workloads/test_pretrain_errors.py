@@ -80,8 +80,7 @@ def test_dataset_without_tokenizer(tmp_path: Path) -> None:
         ({"distribution": {"strategy": "fsdp", "zeroStage": 2}}, "InvalidSpec", "zeroStage"),
         ({"distribution": {"strategy": "ddp", "launcher": "ray"}, "resources": {"gpus": 3}},
          "InvalidSpec", "nodes * resources.gpus"),  # Ray's 3 workers: refused at parse
-        ({"architecture": {"type": "moe", "layers": 2, "hiddenSize": 64, "heads": 4,
-                           "experts": 4, "capacityFactor": 1.25}}, "Unsupported", "dropless"),
+        ({"freeze": {"layers": 1}}, "InvalidSpec", "freeze needs initFrom"),
         ({"architecture": {"layers": 2, "hiddenSize": 64, "heads": 4, "vocabSize": 256}},
          "InvalidSpec", "vocabSize"),
     ],

@@ -13,13 +13,15 @@ from pydantic import Field
 from modelsmith.api.common import (
     BatchStatus,
     Input,
-    WorkloadSpec,
+    ModelSpec,
     batch_columns,
     cel,
     defaulted,
     immutable,
 )
+from modelsmith.api.freeze import Freeze
 from modelsmith.api.meta import CamelModel, KindInfo, LongestChild
+from modelsmith.api.mixture import Mixture
 
 
 class ArchitectureType(StrEnum):
@@ -78,7 +80,13 @@ class Architecture(CamelModel):
     experts: int | None = Field(default=None, ge=2, le=1024, description="moe: experts.")
     top_k: int | None = Field(default=None, ge=1, le=64, description="moe: experts per token.")
     capacity_factor: float | None = Field(
-        default=None, gt=0, le=16, description="moe: token capacity per expert."
+        default=None,
+        gt=0,
+        le=16,
+        description="moe: cap each expert at ceil(capacityFactor * tokens * topK / experts) "
+        "token slots per micro-batch (Switch Transformer); a token past an expert's "
+        "capacity is dropped for that expert and keeps its other experts and the "
+        "residual path. Unset: dropless, every token reaches its top-k experts.",
     )
     aux_loss_coef: float | None = Field(
         default=None, ge=0, le=1, description="moe: load-balancing loss coefficient."
@@ -174,7 +182,7 @@ class Checkpoint(CamelModel):
     resume: bool = Field(default=True, description="Resume from the latest checkpoint.")
 
 
-class PretrainJobSpec(WorkloadSpec):
+class PretrainJobSpec(ModelSpec):
     """Desired state of a PretrainJob."""
 
     model_config = cel(
@@ -188,6 +196,23 @@ class PretrainJobSpec(WorkloadSpec):
                 s.training.global_batch_size
                 % (s.training.micro_batch_size * s.distribution.nodes * max(s.resources.gpus, 1))
                 == 0
+            ),
+        ),
+        # Incremental pretraining (issue 16): freezing only means something for trained
+        # weights, and at least one decoder layer must learn.
+        (
+            "!has(self.freeze) || has(self.initFrom)",
+            "freeze needs initFrom: frozen randomly initialised weights would stay random",
+            lambda s: s.freeze is None or s.init_from is not None,
+        ),
+        (
+            "!has(self.freeze) || !has(self.freeze.layers) || "
+            "self.freeze.layers < self.architecture.layers",
+            "freeze.layers must be below architecture.layers: at least one decoder layer trains",
+            lambda s: (
+                s.freeze is None
+                or s.freeze.layers is None
+                or s.freeze.layers < s.architecture.layers
             ),
         ),
     )
@@ -204,6 +229,24 @@ class PretrainJobSpec(WorkloadSpec):
     precision: Precision = Field(default=Precision.BF16, description="Mixed precision.")
     distribution: Distribution = defaulted(Distribution, "Nodes, GPUs and strategy.")
     checkpoint: Checkpoint = defaulted(Checkpoint, "Checkpointing.")
+    init_from: Input | None = Field(
+        default=None,
+        description="Continued pretraining: start from this model's weights instead of a "
+        "random init, fromRef a PretrainJob or the URI of a model in the Hugging Face "
+        "layout. Its config.json must match architecture field by field (and vocabSize, "
+        "which defaults to the model's); a mismatch fails the run naming each field.",
+    )
+    freeze: Freeze | None = Field(
+        default=None,
+        description="Parameters of the initFrom model that stay fixed (needs initFrom).",
+    )
+    mixture: Mixture | None = Field(
+        default=None,
+        description=(
+            "How the trainer weighs the dataset's sources. Absent: as packed (static); "
+            "set it to let the weights follow each source's loss."
+        ),
+    )
 
 
 PRETRAINJOB = KindInfo(
@@ -214,5 +257,5 @@ PRETRAINJOB = KindInfo(
     status=BatchStatus,
     description="Distributed pretraining of a dense or mixture-of-experts decoder.",
     longest_child=LongestChild("NAME-run-1023", "the hostname of the 1024th worker pod"),
-    printer_columns=batch_columns("Loss", ".status.outputs.metrics.loss"),
+    printer_columns=batch_columns("Loss", ".status.outputs.metrics.loss", versioned=True),
 )

@@ -4,7 +4,8 @@ Every step ends with one small all-reduce of (loss, aux loss, stop request). Tha
 is what lets every rank agree on the two ways a run ends early: a non-finite loss,
 which stops all ranks together instead of leaving some waiting in a collective, and a
 SIGTERM (eviction, `suspend: true`), on which the run saves a checkpoint before it
-exits so the retry loses no work.
+exits so the retry loses no work. Under a loss-driven mixture the same all-reduce
+carries each source's loss sum and sequence count (mixture.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -33,6 +34,8 @@ from modelsmith_runtime.train.checkpoint import CheckpointStore, DcpTensors, Sav
 from modelsmith_runtime.train.data import Batches
 from modelsmith_runtime.train.distributed import Dist
 from modelsmith_runtime.train.metrics import MetricsSink
+from modelsmith_runtime.train.mixture import LossDrivenMixture, sequence_losses
+from modelsmith_runtime.train.routing import RoutingMeter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,10 @@ class StepStats:
     grad_norm: float | None
     learning_rate: float
     stop: bool
+    source_loss: list[float] | None = None
+    """Per source: the sum of its sequences' mean losses, all ranks (a mixture run)."""
+    source_count: list[float] | None = None
+    """Per source: its sequences in the global batch."""
 
 
 class Trainer:
@@ -113,9 +120,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def step(self, micro_batches: list[np.ndarray[Any, Any]], step: int, stop: bool) -> StepStats:
+    def step(
+        self,
+        micro_batches: list[np.ndarray[Any, Any]],
+        step: int,
+        stop: bool,
+        sources: list[np.ndarray[Any, Any]] | None = None,
+        source_count: int = 0,
+    ) -> StepStats:
+        """``sources``: each micro-batch's sequence sources, to measure loss by source."""
         n = len(micro_batches)
         totals = torch.zeros(2, dtype=torch.float32, device=self.d.device)
+        by_source = torch.zeros(2, source_count, dtype=torch.float32, device=self.d.device)
         has_aux = False
         for i, batch in enumerate(micro_batches):
             ids = torch.from_numpy(batch)
@@ -123,13 +139,18 @@ class Trainer:
                 ids = ids.pin_memory()
             ids = ids.to(self.d.device, non_blocking=True)
             out = self._micro_step(ids, n, last=i == n - 1)
+            if sources is not None:
+                tags = torch.from_numpy(sources[i]).to(self.d.device)
+                by_source[0].index_add_(0, tags, sequence_losses(out.logits, ids))
+                by_source[1].index_add_(0, tags, torch.ones_like(tags, dtype=torch.float32))
             aux = out.aux_loss.detach().float() if out.get("aux_loss") is not None else None
             lm = out.loss.detach().float() - (self.aux_coef * aux if aux is not None else 0.0)
             totals[0] += lm / n
             if aux is not None:
                 totals[1] += aux / n
                 has_aux = True
-        loss, aux_sum, stops = self.d.all_sum([*totals.tolist(), float(stop)])
+        summed = self.d.all_sum([*totals.tolist(), float(stop), *by_source.reshape(-1).tolist()])
+        loss, aux_sum, stops = summed[:3]
         loss, aux_sum = loss / self.d.world, aux_sum / self.d.world
         if not math.isfinite(loss) or not math.isfinite(aux_sum):
             raise BadInputError(
@@ -141,7 +162,16 @@ class Trainer:
         learning_rate = float(self.optimizer.param_groups[0]["lr"])
         grad_norm = self._optimizer_step()
         aux_loss = aux_sum if has_aux else None
-        return StepStats(loss, aux_loss, grad_norm, learning_rate, stops > 0)
+        per_source = summed[3:]
+        return StepStats(
+            loss,
+            aux_loss,
+            grad_norm,
+            learning_rate,
+            stops > 0,
+            per_source[:source_count] if sources is not None else None,
+            per_source[source_count:] if sources is not None else None,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The trainer's JSON part of a checkpoint (the tensors are in `tensors`)."""
@@ -218,15 +248,24 @@ class Loop:
     continued from one that started over."""
     train_seconds: float = 0.0
     trained_tokens: int = 0
+    routing: RoutingMeter | None = None
+    """An MoE's per-expert token counts, read at every report (routing.py)."""
+    model_facts: dict[str, float] = field(default_factory=dict)
+    """Figures of the model itself (trainable share), in every report and the result."""
+    mixture: LossDrivenMixture | None = None
+    """The loss-driven mixture that draws the batches instead of `batches`."""
 
     def trainer_state(self) -> dict[str, Any]:
-        return {
+        state = {
             **asdict(self.progress),
             **self.trainer.state_dict(),
             "tensors": self.trainer.tensors.layout,
             "world": self.trainer.d.world,
             "identity": self.identity,
         }
+        if self.mixture is not None:
+            state["mixture"] = self.mixture.state_dict()
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self.progress = Progress(
@@ -237,6 +276,8 @@ class Loop:
             first_loss=state.get("first_loss"),
         )
         self.trainer.load_state_dict(state)
+        if self.mixture is not None:
+            self.mixture.load_state_dict(state["mixture"])
 
     def _save(self) -> None:
         tensors = self.trainer.tensors
@@ -255,7 +296,14 @@ class Loop:
             values["grad_norm"] = stats.grad_norm
         if self.peak_flops:
             values["mfu"] = self.flops_per_token * rate / (self.peak_flops * self.trainer.d.world)
-        self.sink.record(self.progress.step, {**values, "total_steps": float(self.total_steps)})
+        if self.routing is not None:  # a collective: every rank reports at the same steps
+            values.update(self.routing.collect(self.trainer.d))
+        values.update(self.model_facts)
+        by_source = None
+        if self.mixture is not None:
+            by_source = {"mixture_weight": self.mixture.weights, "source_loss": self.mixture.losses}
+        values["total_steps"] = float(self.total_steps)
+        self.sink.record(self.progress.step, values, by_source)
 
     def run(self) -> None:
         first = self.progress.step
@@ -263,8 +311,12 @@ class Loop:
         with _sigterm_requests() as stop:
             while self.progress.step < self.total_steps:
                 started = time.perf_counter()
-                micro = self.batches.step(self.progress.position)
-                stats = self.trainer.step(micro, self.progress.step + 1, stop[0])
+                if self.mixture is None:
+                    micro, sources = self.batches.step(self.progress.position), None
+                else:
+                    micro, sources = self.mixture.step(self.progress.step)
+                count = self.mixture.sources if self.mixture is not None else 0
+                stats = self.trainer.step(micro, self.progress.step + 1, stop[0], sources, count)
                 p = self.progress
                 self.progress = replace(
                     p,
@@ -278,6 +330,10 @@ class Loop:
                 self.trained_tokens += self.tokens_per_step
                 window_tokens += self.tokens_per_step
                 step = self.progress.step
+                if self.mixture is not None and stats.source_loss and stats.source_count:
+                    moved = self.mixture.observe(step, stats.source_loss, stats.source_count)
+                    if moved and self.trainer.d.is_main:
+                        log.info("mixture weights after step %d: %s", step, self.mixture.weights)
                 if step % self.log_every == 0 or step in (first + 1, self.total_steps):
                     now = time.perf_counter()
                     self._report(stats, now - window_start, window_tokens)

@@ -60,7 +60,19 @@ PROMETHEUS_HELP = {
     "mfu": "Model FLOPs utilisation (0..1).",
     "step": "Optimizer steps done.",
     "total_steps": "Optimizer steps in the whole run.",
+    # MoE routing over the last log interval (routing.py load_figures).
+    "expert_load_std": "Std across experts of their utilisation (1 = even share), mean of "
+    "the MoE layers, after the capacity.",
+    "routed_load_std": "The same from the router's choices, before the capacity.",
+    "dropped_token_fraction": "Routed token slots dropped at an expert's capacity.",
+    "trainable_share": "Share of the parameters that train (the rest frozen).",
 }
+
+PROMETHEUS_BY_SOURCE = {
+    "mixture_weight": "Sampling weight in force for a dataset source (loss-driven mixture).",
+    "source_loss": "A source's mean loss over the last closed mixture interval.",
+}
+"""Gauges labelled ``source``: one series per dataset source."""
 
 
 class MetricsSink:
@@ -80,17 +92,31 @@ class MetricsSink:
                 pass  # tensorboard is optional in the image
             else:
                 self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
-        self._prom = Gauges("modelsmith_train_", PROMETHEUS_HELP)
+        self._prom = Gauges(
+            "modelsmith_train_", PROMETHEUS_HELP, labelled=PROMETHEUS_BY_SOURCE, label="source"
+        )
 
-    def record(self, step: int, values: dict[str, float]) -> None:
+    def record(
+        self,
+        step: int,
+        values: dict[str, float],
+        by_source: dict[str, dict[str, float]] | None = None,
+    ) -> None:
+        """``by_source``: per-source values ({"mixture_weight": {"web": 1.2}}), logged
+        nested, as train/<name>/<source> scalars and as gauges labelled by source."""
         if not self.enabled:
             return
-        log.info("%s", json.dumps({"event": "train", "step": step, **values}))
+        log.info("%s", json.dumps({"event": "train", "step": step, **values, **(by_source or {})}))
         if self._tb is not None:
             for name, value in values.items():
                 self._tb.add_scalar(f"train/{name}", value, step)
+            for name, per in (by_source or {}).items():
+                for source, value in per.items():
+                    self._tb.add_scalar(f"train/{name}/{source}", value, step)
         if self._prom is not None:
             self._prom.set({"step": float(step), **values})
+            for name, per in (by_source or {}).items():
+                self._prom.set_labelled(name, per)
         total = int(values.get("total_steps", 0)) or None
         self._progress.report(step, total, force=step == total)
 

@@ -3,12 +3,13 @@
 Dense runs are LlamaForCausalLM and mixture-of-experts runs MixtralForCausalLM: both
 are what vLLM, TGI and KServe's runtimes load natively. The MoE's load-balancing loss
 is transformers' own (Switch-style, `output_router_logits`), added to the language
-model loss inside the forward pass with `router_aux_loss_coef`.
+model loss inside the forward pass with `router_aux_loss_coef`. Training swaps Mixtral's
+sparse block for routing.py's, which adds the expert capacity and the load counts and
+keeps every parameter (and so checkpoints and the export) as Mixtral has it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from transformers import (
 
 from modelsmith.api.pretrain import Architecture, ArchitectureType
 from modelsmith_runtime.errors import BadInputError
-
-MLP_MULTIPLE = 64
+from modelsmith_runtime.train import routing
+from modelsmith_runtime.train.incremental import MIXTRAL_TOP_K, default_intermediate, load_model
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,6 @@ def special_tokens(tokenizer_dir: Path) -> SpecialTokens:
     except Exception as exc:
         raise BadInputError("InvalidTokenizer", f"{tokenizer_dir}: {exc}") from exc
     return SpecialTokens(tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-
-
-def default_intermediate(hidden: int) -> int:
-    """Llama's 8/3 x hidden for a SwiGLU MLP, rounded up to a multiple of 64."""
-    return math.ceil(8 * hidden / 3 / MLP_MULTIPLE) * MLP_MULTIPLE
 
 
 def model_config(
@@ -71,10 +67,9 @@ def model_config(
         return LlamaConfig(**common)
     moe: dict[str, Any] = {
         "num_local_experts": arch.experts,
+        "num_experts_per_tok": arch.top_k or MIXTRAL_TOP_K,
         "output_router_logits": True,
     }
-    if arch.top_k is not None:
-        moe["num_experts_per_tok"] = arch.top_k
     if arch.aux_loss_coef is not None:
         moe["router_aux_loss_coef"] = arch.aux_loss_coef
     return MixtralConfig(**common, **moe)
@@ -84,12 +79,29 @@ def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     return MixtralForCausalLM if isinstance(config, MixtralConfig) else LlamaForCausalLM
 
 
-def build_model(config: PretrainedConfig, device: torch.device, seed: int) -> PreTrainedModel:
-    """Random init, identical on every rank (same seed), directly on the device."""
+def build_model(
+    config: PretrainedConfig,
+    device: torch.device,
+    seed: int,
+    *,
+    init_dir: Path | None = None,
+    capacity_factor: float | None = None,
+) -> PreTrainedModel:
+    """The training model, identical on every rank.
+
+    Random init (same seed everywhere) directly on the device, or ``init_dir``'s
+    weights (spec.initFrom). MoE blocks route through `routing.RoutedMoeBlock`, with
+    ``capacity_factor`` or dropless; the parameters and their names stay Mixtral's,
+    and `routing.meter` finds what the blocks count.
+    """
     torch.manual_seed(seed)
-    with device:
-        model = model_class(config)(config)
+    if init_dir is not None:
+        model: PreTrainedModel = load_model(model_class(config), config, init_dir).to(device)
+    else:
+        with device:
+            model = model_class(config)(config)
     model.config.use_cache = False
+    routing.install(model, capacity_factor)
     model.train()
     return model
 

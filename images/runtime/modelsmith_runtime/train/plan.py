@@ -16,15 +16,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelsmith.api.pretrain import (
-    ArchitectureType,
-    PretrainJobSpec,
-    Strategy,
-)
+from modelsmith.api.pretrain import PretrainJobSpec, Strategy
 from modelsmith.contract import Producer
-from modelsmith_runtime import shards, storage
+from modelsmith_runtime import hfmodel, shards, storage
 from modelsmith_runtime.errors import BadInputError
 from modelsmith_runtime.task import Task
+from modelsmith_runtime.train.incremental import check_architecture, read_config
 
 CHECKPOINT_SUFFIX = "-checkpoints"
 """Checkpoints live beside the output (`<output>-checkpoints/step-00000100/`), on the
@@ -52,6 +49,8 @@ class Plan:
     """Micro-batches per rank per optimizer step."""
     warmup_steps: int
     log_every: int
+    init_dir: Path | None = None
+    """spec.initFrom's model, checked against the architecture; None: random init."""
 
     @property
     def tokens_per_step(self) -> int:
@@ -68,7 +67,7 @@ def _unsupported(message: str) -> BadInputError:
 
 def check_spec(spec: PretrainJobSpec, world: int) -> None:
     """What the schema alone lets through but this trainer cannot run."""
-    d, t, a = spec.distribution, spec.training, spec.architecture
+    d, t = spec.distribution, spec.training
     if d.strategy == Strategy.DEEPSPEED and importlib.util.find_spec("deepspeed") is None:
         raise _unsupported(
             "distribution.strategy deepspeed: DeepSpeed is not installed in this image; "
@@ -78,12 +77,6 @@ def check_spec(spec: PretrainJobSpec, world: int) -> None:
         raise _invalid(
             f"training.globalBatchSize {t.global_batch_size} is not a multiple of "
             f"microBatchSize {t.micro_batch_size} x {world} ranks"
-        )
-    if a.type == ArchitectureType.MOE and a.capacity_factor is not None:
-        raise _unsupported(
-            "architecture.capacityFactor: the MoE (transformers' Mixtral) routes dropless, "
-            "every token reaches its top-k experts, i.e. unlimited capacity; token "
-            "dropping at a capacity is not implemented, leave capacityFactor unset"
         )
 
 
@@ -135,12 +128,22 @@ def make_plan(task: Task[PretrainJobSpec]) -> Plan:
     data_vocab = int(str(index.get("vocabSize", 0)))
     tokenizer_dir = _tokenizer_dir(task, dataset_dir)
     tok_vocab = _tokenizer_vocab(tokenizer_dir)
-    vocab = spec.architecture.vocab_size or max(data_vocab, tok_vocab or 0)
+    init_dir = None
+    if spec.init_from is not None:
+        init_dir = hfmodel.open_model(task.input("initFrom"), "initFrom")
+    init = read_config(init_dir) if init_dir else {}
+    vocab = (
+        spec.architecture.vocab_size
+        or int(init.get("vocab_size") or 0)
+        or max(data_vocab, tok_vocab or 0)
+    )
     if vocab < max(data_vocab, tok_vocab or 0):
         raise _invalid(
             f"architecture.vocabSize {vocab} is smaller than the dataset's ({data_vocab}) "
             f"or the tokenizer's ({tok_vocab}) vocabulary"
         )
+    if init_dir is not None:
+        check_architecture(init, spec.architecture, vocab)
     t = spec.training
     tokens_per_step = t.global_batch_size * t.sequence_length
     total = t.steps if t.steps is not None else math.ceil((t.tokens or 0) / tokens_per_step)
@@ -158,4 +161,5 @@ def make_plan(task: Task[PretrainJobSpec]) -> Plan:
         accumulation=t.global_batch_size // (t.micro_batch_size * world),
         warmup_steps=int(t.warmup_ratio * total),
         log_every=max(1, int(os.environ.get("MODELSMITH_LOG_EVERY", DEFAULT_LOG_EVERY))),
+        init_dir=init_dir,
     )

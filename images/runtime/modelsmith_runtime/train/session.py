@@ -8,23 +8,27 @@ operator shows while the Job retries the pod and the retry resumes from there.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from typing import Any
 
 import torch
 import transformers
+from torch import nn
 from transformers import MixtralConfig, PretrainedConfig
 
 from modelsmith.api.pretrain import Precision, Strategy
 from modelsmith.contract import COMPLETION_MARKER, CheckpointInfo, ProgressInfo, Result
-from modelsmith_runtime import storage, uris
+from modelsmith_runtime import freeze, storage, uris
 from modelsmith_runtime.errors import BadInputError, TransientError
+from modelsmith_runtime.train import routing
 from modelsmith_runtime.train.checkpoint import DCP_LAYOUT, CheckpointStore, Saved
 from modelsmith_runtime.train.data import Batches
 from modelsmith_runtime.train.distributed import Dist, wrap
 from modelsmith_runtime.train.loop import Loop, Progress, Trainer
 from modelsmith_runtime.train.metrics import MetricsSink, peak_flops
+from modelsmith_runtime.train.mixture import MIXTURE_REPORT, LossDrivenMixture, build_mixture
 from modelsmith_runtime.train.model import (
     build_model,
     export,
@@ -55,14 +59,31 @@ def train(plan: Plan) -> Result:
 def _identity(plan: Plan) -> dict[str, Any]:
     """What a checkpoint must match to be resumed into this run."""
     arch = plan.spec.architecture.model_dump(mode="json", exclude_none=True)
-    return {"architecture": arch, "vocabSize": plan.vocab_size}
+    identity: dict[str, Any] = {"architecture": arch, "vocabSize": plan.vocab_size}
+    if plan.spec.freeze is not None:  # the optimizer holds only the trainable tensors
+        identity["freeze"] = plan.spec.freeze.model_dump(mode="json", exclude_none=True)
+    return identity
 
 
-def _trainer(plan: Plan, config: PretrainedConfig, d: Dist) -> Trainer:
+def _model(plan: Plan, config: PretrainedConfig, d: Dist) -> tuple[nn.Module, dict[str, float]]:
+    """The model to train (initFrom, freeze, routing) and its trainable share."""
+    spec = plan.spec
+    model = build_model(
+        config,
+        d.device,
+        spec.training.seed,
+        init_dir=plan.init_dir,
+        capacity_factor=spec.architecture.capacity_factor,
+    )
+    frozen = freeze.apply(model, spec.freeze).parameters if spec.freeze is not None else 0
+    total = sum(p.numel() for p in model.parameters())
+    return model, {"trainable_share": (total - frozen) / total}
+
+
+def _trainer(plan: Plan, model: nn.Module, config: PretrainedConfig, d: Dist) -> Trainer:
     spec, t = plan.spec, plan.spec.training
     autocast = DTYPES[spec.precision]
     dist_spec = spec.distribution
-    model = build_model(config, d.device, t.seed)
     aux_coef = config.router_aux_loss_coef if isinstance(config, MixtralConfig) else 0.0
     if dist_spec.strategy == Strategy.DEEPSPEED:
         from modelsmith_runtime.train.deepspeed_engine import deepspeed_trainer
@@ -82,7 +103,10 @@ def _build(plan: Plan, d: Dist, store: CheckpointStore) -> Loop:
         spec.architecture, plan.vocab_size, plan.sequence_length, special_tokens(plan.tokenizer_dir)
     )
     batches = Batches.for_rank(plan.dataset_dir, plan.sequence_length, t, d.rank, d.world)
-    trainer = _trainer(plan, config, d)
+    mixture = build_mixture(plan.spec, plan.dataset_dir, plan.sequence_length, d.rank, d.world)
+    model, facts = _model(plan, config, d)
+    meter = routing.meter(model)
+    trainer = _trainer(plan, model, config, d)
     tensorboard = uris.local_path(plan.checkpoints)
     return Loop(
         trainer=trainer,
@@ -96,8 +120,11 @@ def _build(plan: Plan, d: Dist, store: CheckpointStore) -> Loop:
         flops_per_token=flops_per_token(config, plan.sequence_length),
         peak_flops=peak_flops(d.device, half_precision=spec.precision != Precision.FP32),
         progress=Progress(),
-        identity=_identity(plan),
+        identity=_identity(plan) | ({"mixture": list(mixture.names)} if mixture else {}),
         config=config,
+        mixture=mixture,
+        routing=meter,
+        model_facts=facts,
     )
 
 
@@ -135,11 +162,15 @@ def _publish(plan: Plan, loop: Loop, d: Dist) -> storage.Published:
     if d.is_main:
         dtype = DTYPES[plan.spec.precision] or torch.float32
         meta = {"kind": "PretrainJob", "steps": loop.progress.step, "tokens": loop.progress.tokens}
-        with storage.publish(plan.output, meta, producer=plan.producer) as (staging, published):
+        with storage.publish(
+            plan.output, meta, producer=plan.producer, version=plan.spec.version
+        ) as (staging, published):
             export(full, loop.config, dtype, staging)
             for file in sorted(plan.tokenizer_dir.iterdir()):
                 if file.is_file() and file.name != COMPLETION_MARKER:
                     shutil.copy2(file, staging / file.name)
+            if loop.mixture is not None:
+                (staging / MIXTURE_REPORT).write_text(json.dumps(loop.mixture.report(), indent=2))
     return published
 
 
@@ -155,17 +186,29 @@ def _result(plan: Plan, loop: Loop, published: storage.Published) -> Result:
         metrics["initial_loss"] = p.first_loss
     if loop.resumed_from is not None:
         metrics["resumed_from_step"] = float(loop.resumed_from)
+    if loop.mixture is not None:
+        metrics |= _by_source(loop.mixture)
     if rate:  # nothing to measure when a retry found the run already finished
         metrics["tokens_per_second"] = rate
     if loop.peak_flops and rate:
         metrics["mfu"] = loop.flops_per_token * rate / (loop.peak_flops * plan.world)
+    metrics.update(loop.model_facts)
+    if loop.routing is not None:  # the last report's interval, as loss is the last step's
+        metrics.update(loop.routing.last)
     return Result(
         uri=published.uri,
         digest=published.digest,
         size_bytes=published.size_bytes,
+        version=published.version,
         metrics=metrics,
         progress=ProgressInfo(step=p.step, total=plan.total_steps),
     )
+
+
+def _by_source(mixture: LossDrivenMixture) -> dict[str, float]:
+    """mixture_weight_<source> (the weights in force at the end), source_loss_<source>."""
+    metrics = {f"mixture_weight_{name}": w for name, w in mixture.weights.items()}
+    return metrics | {f"source_loss_{name}": v for name, v in mixture.losses.items()}
 
 
 def _partial(plan: Plan, loop: Loop | None, saved: Saved | None) -> Result:
