@@ -1,4 +1,5 @@
-"""The FineTune workload: full fine-tuning, LoRA or QLoRA (peft) of a published model.
+"""The FineTune workload: full fine-tuning, LoRA, QLoRA or prefix tuning (peft),
+bottleneck adapters (`bottleneck`) or distillation (`distill`) of a published model.
 
 `main.run` is what `modelsmith-runtime finetune` calls. The flow is plan (cheap checks,
 no torch) -> tokens (render and mask) -> model (per method) -> loop (train, eval) ->

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,10 @@ def _collate(items: list[Tokenized], pad: int, device: torch.device) -> dict[str
     }
 
 
+LossSum = Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
+"""(model, batch) -> the loss summed over the batch's response tokens."""
+
+
 def _loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return torch.nn.functional.cross_entropy(
@@ -107,8 +111,12 @@ class Loop:
         pad_id: int,
         device: torch.device,
         autocast: torch.dtype | None,
+        loss: LossSum | None = None,
     ) -> None:
+        """``loss`` is what training minimises (distillation's differs); evaluation is
+        always the cross-entropy on the held-out responses."""
         self.model = model
+        self.loss = loss or _loss_sum
         self.hp = hp
         self.pad_id = pad_id
         self.device = device
@@ -126,15 +134,17 @@ class Loop:
         for start in range(0, len(items), size):
             yield _collate(items[start : start + size], self.pad_id, self.device)
 
-    def evaluate(self, items: list[Tokenized]) -> float:
-        """Mean loss per response token over ``items``."""
-        was_training = self.model.training
-        self.model.eval()
+    def evaluate(self, items: list[Tokenized], model: Any = None) -> float:
+        """Mean loss per response token over ``items``, of ``model`` (the one trained
+        unless told: a distillation's teacher is scored on the same examples)."""
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
         total, tokens = 0.0, sum(_predicted(t) for t in items)
         with torch.inference_mode(), self._autocast():
             for batch in self._micro(items):
-                total += float(_loss_sum(self.model, batch))
-        self.model.train(was_training)
+                total += float(_loss_sum(model, batch))
+        model.train(was_training)
         return total / max(tokens, 1)
 
     def total_steps(self, train: list[Tokenized]) -> int:
@@ -178,7 +188,7 @@ class Loop:
             step_loss = 0.0
             for batch in self._micro(items):
                 with self._autocast():
-                    loss = _loss_sum(self.model, batch) / tokens
+                    loss = self.loss(self.model, batch) / tokens
                 scaler.scale(loss).backward()
                 step_loss += float(loss.detach())
             if not math.isfinite(step_loss):

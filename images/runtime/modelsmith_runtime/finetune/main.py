@@ -3,7 +3,8 @@
 `check` is the cheap half (task config, spec, base model artifact, every dataset line);
 torch, transformers and peft are imported only after it passed, so bad input fails
 in about a second. The run publishes the model or the adapter atomically and reports
-eval loss on the held-out split before and after training.
+eval loss on the held-out split before and after training, the share of parameters
+that trained, and for distillation the teacher's eval loss on the same split.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from modelsmith_runtime.finetune.plan import Plan, make_plan
 from modelsmith_runtime.task import load_task
 
 if TYPE_CHECKING:  # torch-heavy modules, imported only once the cheap checks passed
+    import torch
+
+    from modelsmith_runtime.finetune.distill import DistillLoss
     from modelsmith_runtime.finetune.loop import Loop, Outcome
     from modelsmith_runtime.finetune.tokens import Tokenized
 
@@ -59,6 +63,19 @@ def _train(loop: Loop, train: list[Tokenized], held_out: list[Tokenized]) -> Out
         raise TransientError("TrainingFailed", f"{type(exc).__name__}: {exc}") from exc
 
 
+def _teacher(plan: Plan, device: torch.device) -> DistillLoss | None:
+    """method distill: the loss with its teacher (None for the other methods)."""
+    import torch
+
+    from modelsmith_runtime.finetune import distill
+    from modelsmith_runtime.finetune.model import DTYPES
+
+    if plan.teacher is None or plan.spec.distill is None:
+        return None
+    dtype = DTYPES[plan.spec.precision] if device.type == "cuda" else torch.float32
+    return distill.objective(plan.teacher.dir, plan.spec.distill, plan.teacher.vocab, device, dtype)
+
+
 def finetune(plan: Plan) -> Result:
 
     from modelsmith_runtime import hfmodel, storage
@@ -87,8 +104,12 @@ def finetune(plan: Plan) -> Result:
         length,
     )
     model = ftmodel.build(plan, device)
+    trains, parameters = ftmodel.trainable(model)
     autocast = None if spec.precision == Precision.FP32 else ftmodel.DTYPES[spec.precision]
-    loop = Loop(model, hp, pad_id=tokenizer.pad_token_id, device=device, autocast=autocast)
+    teacher = _teacher(plan, device)
+    loop = Loop(
+        model, hp, pad_id=tokenizer.pad_token_id, device=device, autocast=autocast, loss=teacher
+    )
     try:
         outcome = _train(loop, train, held_out)
         meta = {
@@ -97,7 +118,14 @@ def finetune(plan: Plan) -> Result:
             "merged": plan.merged,
             "baseModel": {"uri": plan.base_uri, "digest": plan.base_digest},
         }
-        with storage.publish(plan.output, meta, producer=plan.producer) as (staging, published):
+        teacher_loss = None
+        if teacher is not None and plan.teacher is not None:
+            meta["teacher"] = {"uri": plan.teacher.uri, "digest": plan.teacher.digest}
+            teacher_loss = loop.evaluate(held_out, teacher.teacher) if held_out else None
+        with storage.publish(plan.output, meta, producer=plan.producer, version=spec.version) as (
+            staging,
+            published,
+        ):
             ftmodel.export(plan, model, tokenizer, staging, device)
     finally:
         loop.gauges.close()
@@ -106,15 +134,21 @@ def finetune(plan: Plan) -> Result:
         "steps": float(outcome.steps),
         "train_examples": float(len(train)),
         "eval_examples": float(len(held_out)),
+        "trainable_parameters": float(trains),
+        "trainable_share": trains / parameters,
     }
     if outcome.eval_loss is not None and outcome.eval_loss_before is not None:
         metrics["eval_loss_before"] = outcome.eval_loss_before
         metrics["eval_loss"] = outcome.eval_loss
         metrics["eval_perplexity"] = math.exp(min(outcome.eval_loss, 50.0))
+        if teacher_loss is not None:
+            metrics["teacher_eval_loss"] = teacher_loss
+            metrics["distill_gap"] = outcome.eval_loss - teacher_loss
     return Result(
         uri=published.uri,
         digest=published.digest,
         size_bytes=published.size_bytes,
+        version=published.version,
         metrics=metrics,
         progress=ProgressInfo(step=outcome.steps, total=outcome.steps),
     )

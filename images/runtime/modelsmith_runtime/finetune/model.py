@@ -8,11 +8,23 @@
 - qlora: the same adapters on a base loaded in 4-bit NF4 by bitsandbytes (the QLoRA
   paper's recipe: NF4, double quantization, 16-bit compute on a GPU; fp32 compute on
   the CPU, where bitsandbytes' NF4 backend runs the tests).
+- prefix: peft prefix tuning on a frozen base (as lora, and published like an unmerged
+  LoRA adapter: peft's layout, loaded with PeftModel.from_pretrained on the base).
+- adapter: bottleneck adapters on a frozen base (`bottleneck`, which says how they are
+  published and loaded).
+- distill: as full (the student's own weights train), against a teacher (`distill`).
 
-The output is either a plain Hugging Face model (full, or mergeAdapter) or the adapter
-in peft's layout (adapter_config.json, adapter_model.safetensors) whose
-base_model_name_or_path is the base artifact's URI, plus `BASE_POINTER` with that URI
-and the base's digest, so whoever serves it can fetch and verify the exact base.
+full and distill honour spec.freeze (`modelsmith_runtime.freeze`); the other methods
+freeze the whole base themselves.
+
+The output is either a plain Hugging Face model (full, distill, or mergeAdapter) or
+the adapter alone: lora, qlora and prefix in peft's layout (adapter_config.json,
+adapter_model.safetensors) whose base_model_name_or_path is the base artifact's URI,
+plus `BASE_POINTER` with that URI and the base's digest, so whoever serves it can fetch
+and verify the exact base; a bottleneck adapter in its own layout beside the same
+pointer. Prefixes and bottleneck adapters have no merged form (the CRD refuses
+mergeAdapter with them).
+
 A QLoRA adapter is merged into a base reloaded in 16/32 bits, not into the 4-bit one:
 merging into NF4 weights would round the merged weights to NF4 again.
 """
@@ -27,11 +39,12 @@ from typing import Any
 
 import torch
 
-from modelsmith.api.finetune import LoRA, Method
+from modelsmith.api.finetune import Adapter, LoRA, Method, Prefix
 from modelsmith.api.pretrain import Precision
-from modelsmith_runtime import hfmodel
+from modelsmith_runtime import freeze, hfmodel
 from modelsmith_runtime.errors import BadInputError, TransientError
-from modelsmith_runtime.finetune.plan import Plan
+from modelsmith_runtime.finetune import bottleneck
+from modelsmith_runtime.finetune.plan import PLAIN, Plan
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +73,7 @@ def require_qlora_runtime(plan: Plan, device: torch.device) -> None:
 
 
 def base_dtype(plan: Plan, device: torch.device) -> torch.dtype:
-    if plan.spec.method == Method.FULL or device.type == "cpu":
+    if plan.spec.method in PLAIN or device.type == "cpu":
         return torch.float32
     return DTYPES[plan.spec.precision]
 
@@ -100,8 +113,27 @@ def _with_adapter(model: Any, lora: LoRA) -> Any:
         raise BadInputError("InvalidSpec", f"lora.targetModules: {exc}") from exc
 
 
+def _with_prefix(model: Any, prefix: Prefix) -> Any:
+    from peft import PrefixTuningConfig, get_peft_model
+
+    config = PrefixTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=prefix.virtual_tokens,
+        prefix_projection=prefix.projection,
+    )
+    if prefix.projection_hidden_size is not None:
+        config.encoder_hidden_size = prefix.projection_hidden_size
+    return get_peft_model(model, config)
+
+
+def trainable(model: Any) -> tuple[int, int]:
+    """(trainable, all) parameters: the adapter's and the base's together for the rest."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def build(plan: Plan, device: torch.device) -> Any:
-    """The trainable model: the base, wrapped with adapters unless method is full."""
+    """The trainable model: the base, as it is (full, distill) or wrapped per method."""
     if plan.spec.method == Method.QLORA:
         require_qlora_runtime(plan, device)
     torch.manual_seed(0)  # adapter init and dropout: the same run gives the same model
@@ -116,19 +148,23 @@ def build(plan: Plan, device: torch.device) -> Any:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    method = plan.spec.method
     if plan.lora is not None:
         model = _with_adapter(model, plan.lora)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        log.info(
-            "lora: %d of %d parameters train (%.3f%%)", trainable, total, 100 * trainable / total
-        )
+    elif method == Method.PREFIX:
+        model = _with_prefix(model, plan.spec.prefix or Prefix())
+    elif method == Method.ADAPTER:
+        bottleneck.attach(model, plan.spec.adapter or Adapter())
+    if plan.spec.freeze is not None:
+        freeze.apply(model, plan.spec.freeze)
+    count, total = trainable(model)
+    log.info("%s: %d of %d parameters train (%.3f%%)", method, count, total, 100 * count / total)
     model.train()
     return model
 
 
 def _merged(plan: Plan, model: Any, device: torch.device) -> Any:
-    if plan.spec.method == Method.FULL:
+    if plan.spec.method in PLAIN:
         return model
     if plan.spec.method == Method.LORA:
         return model.merge_and_unload()
@@ -149,8 +185,11 @@ def export(plan: Plan, model: Any, tokenizer: Any, staging: Path, device: torch.
         merged.config.use_cache = True
         hfmodel.save(merged, tokenizer, staging)
         return
-    model.peft_config["default"].base_model_name_or_path = plan.base_uri
-    model.save_pretrained(str(staging))
+    if plan.spec.method == Method.ADAPTER:
+        bottleneck.save(model, plan.spec.adapter or Adapter(), plan.base_uri, staging)
+    else:
+        model.peft_config["default"].base_model_name_or_path = plan.base_uri
+        model.save_pretrained(str(staging))
     tokenizer.save_pretrained(str(staging))
     pointer = {"uri": plan.base_uri, "digest": plan.base_digest}
     (staging / BASE_POINTER).write_text(json.dumps(pointer, indent=2) + "\n")
