@@ -16,6 +16,12 @@ figures say that, not what a multi-billion-parameter model would see.
 
     .venv/bin/python bench/quantize.py [--hidden 256 --layers 4 --steps 150]
     .venv/bin/python bench/quantize.py --device cuda     # adds fp8 (sm89+)
+    .venv/bin/python bench/quantize.py --onnx            # + spec.export, onnxruntime
+
+With --onnx the exportable methods run with `export: {format: onnx}` and a second
+table compares one prefill forward (the exported graph has no KV cache) of the
+sequence --prefill tokens long, onnxruntime on the CPU against the same published
+model in torch, with the export's verified max abs logit difference.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CPU_METHODS = ("int8-weight-only", "dynamic-int8", "int4-weight-only", "gptq")
+EXPORTABLE = ("int8-weight-only", "int4-weight-only", "gptq")  # api.quantize.EXPORTABLE
 
 
 def _args() -> argparse.Namespace:
@@ -46,10 +53,14 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=64, help="decoded per timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--onnx", action="store_true", help="export and time onnxruntime")
+    parser.add_argument("--prefill", type=int, default=64, help="tokens per timed forward")
     return parser.parse_args()
 
 
-def _task(model: str, method: str, output: str, data: Path, group: int) -> dict[str, Any]:
+def _task(
+    model: str, method: str, output: str, data: Path, group: int, *, onnx: bool = False
+) -> dict[str, Any]:
     from tests.workloads.tiny_model import quantize_config
 
     spec: dict[str, Any] = {
@@ -63,7 +74,39 @@ def _task(model: str, method: str, output: str, data: Path, group: int) -> dict[
         spec["groupSize"] = group
     if method == "gptq":
         spec["calibration"] = {"dataset": {"uri": str(data / "calibration.txt")}, "samples": 64}
+    if onnx and method in EXPORTABLE:
+        spec["export"] = {"format": "onnx"}
     return quantize_config(model, output, method, **spec)
+
+
+def _prefill_ms(path: str, tokens: int, repeats: int, threads: int) -> tuple[float, float]:
+    """Best-of-``repeats`` ms of one forward over ``tokens`` tokens: (torch, onnxruntime)."""
+    import onnxruntime
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = torch.randint(4, model.config.vocab_size, (1, tokens), generator=torch.Generator())
+    mask = torch.ones_like(ids)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+    session = onnxruntime.InferenceSession(
+        f"{path}/onnx/model.onnx", options, providers=["CPUExecutionProvider"]
+    )
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+
+    def best(step: Any) -> float:
+        step()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return min(times) * 1e3
+
+    with torch.inference_mode():
+        torch_ms = best(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False))
+    return torch_ms, best(lambda: session.run(["logits"], feed))
 
 
 def _decode_rate(path: str, device: str, new_tokens: int, repeats: int) -> float:
@@ -134,10 +177,12 @@ def main() -> None:
         base_rate = _decode_rate(model, args.device, args.new_tokens, args.repeats)
         base_size = hfmodel.weights_size(Path(model))
         rows = []
+        exports: list[tuple[str, dict[str, float], tuple[float, float]]] = []
         for method in methods:
             task = root / f"{method}.json"
             output = str(root / method)
-            task.write_text(json.dumps(_task(model, method, output, root, args.group_size)))
+            spec = _task(model, method, output, root, args.group_size, onnx=args.onnx)
+            task.write_text(json.dumps(spec))
             try:
                 result = run(task)
             except Exception as exc:  # one method failing must not hide the others
@@ -145,6 +190,9 @@ def main() -> None:
                 continue
             rate = _decode_rate(output, args.device, args.new_tokens, args.repeats)
             rows.append((method, (result.metrics, rate), ""))
+            if "onnx_max_abs_diff" in result.metrics:
+                ms = _prefill_ms(output, args.prefill, args.repeats, args.threads)
+                exports.append((method, result.metrics, ms))
         print(f"\n{args.device}, {args.threads} thread(s), batch 1, {args.new_tokens} new tokens")
         print(
             f"{'method':<18} {'ppl before':>10} {'ppl after':>10} {'delta%':>8} "
@@ -164,6 +212,22 @@ def main() -> None:
                 f"{m['perplexity_increase_percent']:>8.3f} {m['size_bytes_after'] / 1e6:>11.3f} "
                 f"{m['size_bytes_after'] / base_size:>6.2f} {rate:>8.1f} {rate / base_rate:>6.2f}"
             )
+
+        if exports:
+            print(
+                f"\nONNX export: one forward of {args.prefill} tokens, batch 1, best of "
+                f"{args.repeats}"
+            )
+            print(
+                f"{'method':<18} {'max|dlogit|':>11} {'onnx MB':>8} {'torch ms':>9} "
+                f"{'ort ms':>8} {'speedup':>8}"
+            )
+            for method, m, (torch_ms, ort_ms) in exports:
+                print(
+                    f"{method:<18} {m['onnx_max_abs_diff']:>11.2e} "
+                    f"{m['onnx_size_bytes'] / 1e6:>8.3f} {torch_ms:>9.2f} {ort_ms:>8.2f} "
+                    f"{torch_ms / ort_ms:>8.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ METHODS = {
     "gptq": ("IntxUnpackedToInt8Tensor", 4),
 }
 LINEARS = 2 * 7  # two decoder layers of q, k, v, o, gate, up, down
+VERSION = "1.2.3-alpha.20231001+build.7"
+"""spec.version of the int8 run: the artifact's manifest and the result must carry it."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     gate = {"evalDataset": {"uri": str(evalset)}, "maxPerplexityIncreasePercent": 50}
     specs: dict[str, dict[str, Any]] = {m: {"qualityGate": gate} for m in METHODS}
     specs["dynamic-int8"]["keepInHighPrecision"] = ["lm_head", "model.layers.0"]
+    specs["int8-weight-only"]["version"] = VERSION
     specs["int4-weight-only"]["groupSize"] = 32
     specs["gptq"] |= {"groupSize": 32, "calibration": {"dataset": {"uri": str(calibration)}}}
     configs = {
@@ -108,7 +111,10 @@ def test_method_publishes_a_loadable_model_with_its_perplexity_delta(
     assert m["size_bytes_after"] < (0.8 if kept_layer_0 else 0.6) * m["size_bytes_before"], m
     assert m["bits"] == METHODS[method][1]
     assert m["quantized_modules"] == (LINEARS // 2 if kept_layer_0 else LINEARS)
-    assert json.loads((out / COMPLETION_MARKER).read_text())["method"] == method
+    manifest = json.loads((out / COMPLETION_MARKER).read_text())
+    assert manifest["method"] == method
+    version = VERSION if method == "int8-weight-only" else None
+    assert (manifest.get("version"), run.result.version) == (version, version)
     assert list(out.glob("*.safetensors"))
 
     model = AutoModelForCausalLM.from_pretrained(str(out))

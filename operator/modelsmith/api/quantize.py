@@ -10,7 +10,7 @@ from pydantic import Field
 from modelsmith.api.common import (
     BatchStatus,
     Input,
-    WorkloadSpec,
+    ModelSpec,
     batch_columns,
     cel,
     defaulted,
@@ -44,7 +44,34 @@ class QualityGate(CamelModel):
     )
 
 
-class QuantizeJobSpec(WorkloadSpec):
+class ExportFormat(StrEnum):
+    ONNX = "onnx"
+    TENSORRT = "tensorrt"
+
+
+EXPORTABLE = ("int8-weight-only", "int4-weight-only", "gptq")
+
+
+class Export(CamelModel):
+    """An ONNX copy of the quantized model, checked against it before anything is published."""
+
+    format: ExportFormat = Field(
+        description="onnx: onnx/model.onnx (+ model.onnx.data) in the artifact, loadable by "
+        "onnxruntime. tensorrt: the same ONNX model plus a TensorRT engine "
+        "(tensorrt/model.plan) built on the job's GPU; needs resources.gpus >= 1 and an image "
+        "with TensorRT."
+    )
+    opset: int = Field(default=18, ge=18, le=24, description="ONNX opset of the graph (18-24).")
+    tolerance: float = Field(
+        default=1e-2,
+        gt=0,
+        le=10,
+        description="Largest absolute logit difference allowed between onnxruntime and the "
+        "torch model on a fixed prompt; beyond it the job fails and publishes nothing.",
+    )
+
+
+class QuantizeJobSpec(ModelSpec):
     """Desired state of a QuantizeJob."""
 
     model_config = cel(
@@ -65,6 +92,19 @@ class QuantizeJobSpec(WorkloadSpec):
             "int8-weight-only or dynamic-int8",
             lambda s: s.method != "fp8" or s.resources.gpus > 0,
         ),
+        (
+            "!has(self.export) || self.method in " + str(list(EXPORTABLE)),
+            "export supports methods int8-weight-only, int4-weight-only and gptq: "
+            "dynamic-int8's activation rounding does not survive the ONNX translation and "
+            "fp8 has no onnxruntime CPU kernel to verify the export against",
+            lambda s: s.export is None or s.method in EXPORTABLE,
+        ),
+        (
+            "!has(self.export) || self.export.format != 'tensorrt' || self.resources.gpus > 0",
+            "export.format tensorrt needs resources.gpus of 1 or more: TensorRT builds its "
+            "engine on the GPU that will run it",
+            lambda s: s.export is None or s.export.format != "tensorrt" or s.resources.gpus > 0,
+        ),
     )
 
     model: Input = Field(description="The model to quantize, usually fromRef a FineTune.")
@@ -80,6 +120,11 @@ class QuantizeJobSpec(WorkloadSpec):
         description="Module names left unquantized (e.g. lm_head).",
     )
     quality_gate: QualityGate = defaulted(QualityGate, "Perplexity bound that fails the job.")
+    export: Export | None = Field(
+        default=None,
+        description="Also write the quantized model as ONNX (and optionally a TensorRT "
+        "engine) into the artifact, verified against the torch model before publishing.",
+    )
 
 
 QUANTIZEJOB = KindInfo(
@@ -91,6 +136,6 @@ QUANTIZEJOB = KindInfo(
     description="INT8 / INT4 / GPTQ / FP8 post-training quantization with a quality gate.",
     longest_child=LongestChild("NAME-run-0", "the hostname of its pod"),
     printer_columns=batch_columns(
-        "PPLDelta%", ".status.outputs.metrics.perplexity_increase_percent"
+        "PPLDelta%", ".status.outputs.metrics.perplexity_increase_percent", versioned=True
     ),
 )

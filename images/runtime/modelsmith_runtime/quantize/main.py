@@ -9,7 +9,9 @@ ends the run like bad input (exit 2, reason QualityGateFailed, the numbers in th
 message) and nothing is published. Otherwise the model is saved with save_pretrained:
 config.json carries the torchao quantization_config, the weights are safetensors
 (torchao's tensor subclasses flattened, with their metadata), and
-`AutoModelForCausalLM.from_pretrained` loads it as it is.
+`AutoModelForCausalLM.from_pretrained` loads it as it is. With `spec.export`, the same
+model is also written as ONNX into the staging directory and checked against torch
+there (see `onnx_export`), so a failed check publishes nothing either.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from modelsmith_runtime import hfmodel, storage
 from modelsmith_runtime.errors import BadInputError, TransientError
 from modelsmith_runtime.gauges import Gauges
 from modelsmith_runtime.progress import ProgressReporter
-from modelsmith_runtime.quantize import methods
+from modelsmith_runtime.quantize import methods, onnx_export
 from modelsmith_runtime.quantize.texts import eval_texts, read_texts
 from modelsmith_runtime.task import load_task
 
@@ -168,9 +170,12 @@ def _quantize(plan: Plan, telemetry: _Telemetry) -> Result:
     hfmodel.quiet_transformers()
     spec = plan.spec
     device = hfmodel.pick_device()
+    onnx_export.preflight(spec.export, device.type == "cuda")
     choice = methods.choose(spec, device)
     tokenizer = hfmodel.load_tokenizer(plan.model_dir)
     fp = hfmodel.load_model(plan.model_dir, device, dtype=choice.dtype)
+    if spec.export is not None:
+        onnx_export.check_dtype(fp)
     limit = hfmodel.max_tokens(fp, EVAL_TOKENS)
     nll, tokens = hfmodel.mean_nll(fp, tokenizer, plan.eval_texts, limit)
     before = math.exp(nll)
@@ -219,9 +224,13 @@ def _quantize(plan: Plan, telemetry: _Telemetry) -> Result:
         "torchaoConfig": type(choice.config).__name__,
         "model": {"uri": plan.model_uri, "digest": plan.model_digest},
     }
-    with storage.publish(plan.output, meta, producer=plan.producer) as (staging, published):
+    with storage.publish(plan.output, meta, producer=plan.producer, version=spec.version) as (
+        staging,
+        published,
+    ):
         hfmodel.save(q, tokenizer, staging)
         size_after = hfmodel.weights_size(staging)
+        exported = onnx_export.export(q, tokenizer, spec.export, staging) if spec.export else {}
     telemetry.phase_done(4)
     metrics = {
         "perplexity_before": before,
@@ -232,6 +241,7 @@ def _quantize(plan: Plan, telemetry: _Telemetry) -> Result:
         "bits": float(choice.bits),
         "quantized_modules": float(len(quantized)),
         "eval_tokens": float(tokens),
+        **exported,
     }
     if choice.group_size:
         metrics["group_size"] = float(choice.group_size)
@@ -242,5 +252,6 @@ def _quantize(plan: Plan, telemetry: _Telemetry) -> Result:
         uri=published.uri,
         digest=published.digest,
         size_bytes=published.size_bytes,
+        version=published.version,
         metrics=metrics,
     )

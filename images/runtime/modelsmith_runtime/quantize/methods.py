@@ -7,7 +7,8 @@ What torchao 0.18 with torch 2.15 does on a CPU, as found by running each config
 - int4-weight-only: `Int4WeightOnlyConfig` has no CPU path: its "plain" packing needs the
   `mslk` kernels, "tile_packed_to_4d" (tinygemm) needs CUDA sm80+ and bf16 weights,
   "plain_int32" is XPU/NPU only. On CUDA sm80+ it is used in bf16 with tinygemm's
-  packing (the fast kernel; the checkpoint then loads on CUDA only). Anywhere else the
+  packing (the fast kernel; the checkpoint then loads on CUDA only), unless the spec
+  asks for an export (tinygemm's packed op has no ONNX form). Anywhere else the
   method falls back to `IntxWeightOnlyConfig(torch.int4, PerGroup(g), ASYMMETRIC)`:
   the same int4 grid and group scales, torchao's CPU/edge format, which stores each
   4-bit value unpacked in a byte, so it saves accuracy-wise what int4 saves but its
@@ -118,7 +119,8 @@ def choose(spec: QuantizeJobSpec, device: torch.device) -> Choice:
         config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
         return Choice(method, config, 8, None, torch.bfloat16)
     size = group_size(spec)
-    if method == QuantMethod.INT4_WEIGHT_ONLY and capability and capability >= TINYGEMM_CAPABILITY:
+    tinygemm = capability is not None and capability >= TINYGEMM_CAPABILITY
+    if method == QuantMethod.INT4_WEIGHT_ONLY and tinygemm and spec.export is None:
         config = Int4WeightOnlyConfig(group_size=size, int4_packing_format="tile_packed_to_4d")
         return Choice(method, config, 4, size, torch.bfloat16, packed_int4=True)
     if method == QuantMethod.INT4_WEIGHT_ONLY:
