@@ -59,6 +59,24 @@ def test_an_unmerged_adapter_is_not_a_model(tmp_path: Path) -> None:
     assert "mergeAdapter: true" in _fails(config, tmp_path, "InvalidModel")
 
 
+@pytest.mark.parametrize(
+    ("marker", "content", "named"),
+    [
+        ("adapter_config.json", {"peft_type": "PREFIX_TUNING"}, "PREFIX_TUNING adapter"),
+        ("bottleneck_adapter.json", {"bottleneckSize": 4}, "bottleneck adapter"),
+    ],
+)
+def test_an_adapter_that_cannot_merge_says_which_fine_tune_gives_a_model(
+    tmp_path: Path, marker: str, content: dict[str, Any], named: str
+) -> None:
+    with storage.publish(str(tmp_path / "adapter")) as (staging, _):
+        (staging / marker).write_text(json.dumps(content))
+    config = quantize_config(str(tmp_path / "adapter"), str(tmp_path / "out"), "dynamic-int8")
+    message = _fails(config, tmp_path / "work", "InvalidModel")
+    assert named in message and "cannot be merged" in message, message
+    assert "method full, distill, or lora with mergeAdapter: true" in message, message
+
+
 def test_gptq_without_calibration(base: str, tmp_path: Path) -> None:
     config = quantize_config(base, str(tmp_path / "out"), "gptq")
     assert "calibration" in _fails(config, tmp_path, "InvalidSpec")

@@ -33,17 +33,25 @@ EVAL_BATCH = 8
 def open_model(uri: str, what: str) -> Path:
     """A published, complete model artifact as a local directory, or BadInputError.
 
-    A LoRA adapter (what a FineTune publishes without mergeAdapter) is refused with
-    a message that says how to get a plain model, since nothing downstream can use
-    the adapter alone.
+    An adapter (what a FineTune publishes with method lora or qlora and no
+    mergeAdapter, or with prefix or adapter) is refused with a message that says how to
+    get a plain model, since nothing downstream can use the adapter alone.
     """
     path = storage.open_artifact(uri, what)
     if not (path / "config.json").is_file():
-        if (path / "adapter_config.json").is_file():
+        adapter = _adapter_kind(path)
+        if adapter == "LORA":
             raise BadInputError(
                 "InvalidModel",
                 f"{what} at {uri} is a LoRA adapter, not a model: "
                 "set mergeAdapter: true on the FineTune that produced it",
+            )
+        if adapter is not None:
+            raise BadInputError(
+                "InvalidModel",
+                f"{what} at {uri} is a {adapter} adapter, not a model, and it cannot be "
+                "merged into plain weights: fine-tune with method full, distill, or lora "
+                "with mergeAdapter: true to get a model this can read",
             )
         raise BadInputError(
             "InvalidModel", f"{what} at {uri} has no config.json: not a Hugging Face model"
@@ -53,6 +61,20 @@ def open_model(uri: str, what: str) -> Path:
     except ValueError as exc:
         raise BadInputError("InvalidModel", f"{what} at {uri}: config.json: {exc}") from exc
     return path
+
+
+def _adapter_kind(path: Path) -> str | None:
+    """Which FineTune adapter a model-less artifact holds: peft's type, "bottleneck"."""
+    if (path / "bottleneck_adapter.json").is_file():
+        return "bottleneck"
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        return None
+    try:
+        kind = json.loads(config.read_text()).get("peft_type")
+    except (ValueError, AttributeError):
+        kind = None
+    return str(kind) if kind else "peft"
 
 
 def pick_device() -> torch.device:
