@@ -1,11 +1,12 @@
 # syntax=docker/dockerfile:1
 # The four workload images, one build target each:
-#   data       DataPipeline (readers, filters, MinHash dedup, BPE, packing), on Indexed
-#              Job workers or Ray Data. No torch: a perplexity filter with a reference
+#   data       DataPipeline (readers, filters incl. TF-IDF domain similarity, MinHash and
+#              SimHash dedup, BPE, packing), on Indexed Job workers or Ray Data. No torch: a perplexity filter with a reference
 #              model needs the trainer image (set spec.image).
 #   trainer    PretrainJob and FineTune: torch (its pip wheels carry the CUDA runtime),
 #              transformers, peft, bitsandbytes, DeepSpeed and Ray Train.
-#   quantizer  QuantizeJob: torch, transformers, torchao.
+#   quantizer  QuantizeJob: torch, transformers, torchao; onnx and onnxruntime for
+#              spec.export (TensorRT is not in it: format tensorrt needs an image with it).
 #   server     InferenceService with runtime builtin: KServe's ModelServer (FastAPI,
 #              uvicorn) around modelsmith's own batching engine on torch and transformers.
 # Build from the repository root, one target at a time:
@@ -34,7 +35,7 @@ COPY images/pyproject_deps.py images/runtime/pyproject.toml /tmp/deps/
 RUN mkdir -p /deps/data /deps/trainer /deps/quantizer /deps/server && cd /tmp/deps \
  && python3 pyproject_deps.py pyproject.toml > /deps/common.txt \
  && python3 pyproject_deps.py pyproject.toml hf --minus project > /deps/hf.txt \
- && python3 pyproject_deps.py pyproject.toml ray --minus project > /deps/data/image.txt \
+ && python3 pyproject_deps.py pyproject.toml data ray --minus project > /deps/data/image.txt \
  && python3 pyproject_deps.py pyproject.toml train ray --minus project hf > /deps/trainer/image.txt \
  && python3 pyproject_deps.py pyproject.toml deepspeed --minus project > /deps/trainer/deepspeed.txt \
  && python3 pyproject_deps.py pyproject.toml quantize --minus project hf > /deps/quantizer/image.txt \

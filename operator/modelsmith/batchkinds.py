@@ -44,10 +44,11 @@ def _data_layout(s: DataPipelineSpec) -> Layout:
 
 
 def _data_inputs(s: DataPipelineSpec) -> dict[str, Input | None]:
-    perplexity = s.filters.perplexity
+    perplexity, domain = s.filters.perplexity, s.filters.domain
     return {
         "tokenizer": s.tokenizer.existing,
         "referenceModel": perplexity.reference_model if perplexity else None,
+        "domainReference": domain.reference if domain else None,
     }
 
 
@@ -83,12 +84,16 @@ BATCH_KINDS: tuple[BatchKind, ...] = (
     BatchKind(
         PRETRAINJOB,
         _pretrain_layout,
-        lambda s: {"dataset": s.dataset, "tokenizer": s.tokenizer},
+        lambda s: {"dataset": s.dataset, "tokenizer": s.tokenizer, "initFrom": s.init_from},
     ),
     BatchKind(
         FINETUNE,
         _finetune_layout,
-        lambda s: {"baseModel": s.base_model, "dataset": s.dataset},
+        lambda s: {
+            "baseModel": s.base_model,
+            "dataset": s.dataset,
+            "teacher": s.distill.teacher if s.distill else None,
+        },
     ),
     BatchKind(
         QUANTIZEJOB,
