@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,39 @@ def pod_env(per_node: int, nodes: int = 1) -> dict[str, str]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray instance of the module's own, joined as a driver pod joins its head.
+
+    address="local": a new instance, even if someone ran `ray start` on this machine.
+    """
+    ray = pytest.importorskip("ray")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def run_data_workers(config: dict[str, Any], workdir: Path, workers: int = 2) -> list[Run]:
+    """The workers of one DataPipeline run at once, as its Indexed Job's pods run;
+    their runs in worker-index order. Worker 0 (the reduce) is started last."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {"MODELSMITH_WORKERS": str(workers), "MODELSMITH_DATA_PARTS_TIMEOUT": "120"}
+
+    def worker(index: int) -> Run:
+        own = {**env, "MODELSMITH_WORKER_INDEX": str(index)}
+        return run_component("data", config, workdir / f"w{index}", env=own)
+
+    with ThreadPoolExecutor(workers) as pool:
+        runs = list(pool.map(worker, reversed(range(workers))))
+    return runs[::-1]

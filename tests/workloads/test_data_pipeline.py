@@ -16,7 +16,7 @@ from modelsmith.contract import COMPLETION_MARKER
 from modelsmith_runtime.shards import PackedDataset
 from modelsmith_runtime.storage import artifact_digest, publish
 
-from .conftest import Run, run_component, task_config
+from .conftest import Run, run_component, run_data_workers, task_config
 from .corpus import (
     BLOCKLIST,
     JUNK,
@@ -221,25 +221,10 @@ def _same_dataset(a: Path, b: Path) -> None:
 
 
 def test_two_concurrent_workers_keep_what_one_worker_keeps(pipeline: Ran, workdir: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     out = workdir / "dataset"
     config = {**pipeline.config, "output": str(out)}
     config["spec"] = {**config["spec"], "output": {"uri": str(out)}, "workers": 2}
-    env = {"MODELSMITH_WORKERS": "2", "MODELSMITH_DATA_PARTS_TIMEOUT": "120"}
-    with ThreadPoolExecutor(2) as pool:
-        runs = list(
-            pool.map(
-                lambda i: run_component(
-                    "data",
-                    config,
-                    workdir / f"w{i}",
-                    env={**env, "MODELSMITH_WORKER_INDEX": str(i)},
-                ),
-                [1, 0],
-            )
-        )
-    worker1, worker0 = runs
+    worker0, worker1 = run_data_workers(config, workdir)
     assert worker0.returncode == 0, worker0.output
     assert worker1.returncode == 0, worker1.output
     assert worker1.result is not None and worker1.result.uri is None

@@ -11,7 +11,6 @@ under its own reason.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 
 from modelsmith.contract import ExitCode
 
-from .conftest import Run, run_component, task_config
+from .conftest import Run, run_component, run_data_workers, task_config
 from .corpus import entropy_junk, generate, kept_texts, write_jsonl, write_text_dir
 
 JUNK_EACH = 6
@@ -120,14 +119,7 @@ def test_two_workers_score_the_domain_as_one_does(planted: Planted, workdir: Pat
     out = workdir / "dataset"
     spec = _spec(out, planted.raw, FILTERS, workers=2)
     config = task_config("DataPipeline", spec, str(out), domainReference=str(planted.reference))
-    env = {"MODELSMITH_WORKERS": "2", "MODELSMITH_DATA_PARTS_TIMEOUT": "120"}
-    with ThreadPoolExecutor(2) as pool:
-        worker1, worker0 = pool.map(
-            lambda i: run_component(
-                "data", config, workdir / f"w{i}", env={**env, "MODELSMITH_WORKER_INDEX": str(i)}
-            ),
-            [1, 0],
-        )
+    worker0, worker1 = run_data_workers(config, workdir)
     assert worker1.returncode == 0, worker1.output
     assert worker0.returncode == 0, worker0.output
     assert worker1.result is not None and worker0.result is not None

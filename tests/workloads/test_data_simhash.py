@@ -9,7 +9,6 @@ judged on the documents that reach the shards.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from modelsmith_runtime.data.dedup import Clusters
 from modelsmith_runtime.data.normalize import normalize
 from modelsmith_runtime.data.simhash import as_uint64, fingerprints, near_duplicates
 
-from .conftest import Run, run_component, task_config
+from .conftest import Run, run_component, run_data_workers, task_config
 from .corpus import Corpus, generate, kept_texts, write_jsonl
 
 DISTANCE = 10
@@ -116,14 +115,7 @@ def test_two_workers_keep_what_one_keeps_with_simhash(both: tuple[Ran, Ran], wor
     out = workdir / "dataset"
     config = {**one.config, "output": str(out)}
     config["spec"] = {**config["spec"], "output": {"uri": str(out)}, "workers": 2}
-    env = {"MODELSMITH_WORKERS": "2", "MODELSMITH_DATA_PARTS_TIMEOUT": "120"}
-    with ThreadPoolExecutor(2) as pool:
-        worker1, worker0 = pool.map(
-            lambda i: run_component(
-                "data", config, workdir / f"w{i}", env={**env, "MODELSMITH_WORKER_INDEX": str(i)}
-            ),
-            [1, 0],
-        )
+    worker0, worker1 = run_data_workers(config, workdir)
     assert worker1.returncode == 0, worker1.output
     assert worker0.returncode == 0, worker0.output
     assert worker0.result is not None
@@ -175,23 +167,6 @@ def test_fingerprint_distance_tracks_the_edits() -> None:
     assert np.mean(near <= 3) <= 0.5, sorted(near.tolist())
     same = fingerprints(["a b c d e f", "A b, c d e F"], 2, 5)
     assert same[0].tolist() == same[1].tolist()
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    """A local Ray instance of this module's own, joined as a driver pod joins its head."""
-    ray = pytest.importorskip("ray")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        configure_logging=False,
-        log_to_driver=False,
-    )
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 def test_ray_engine_keeps_what_the_indexed_engine_keeps_with_simhash(
