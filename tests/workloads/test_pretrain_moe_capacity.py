@@ -111,11 +111,14 @@ def test_prometheus_exposes_the_routing_figures(monkeypatch: pytest.MonkeyPatch)
         port = probe.getsockname()[1]
     monkeypatch.setenv("MODELSMITH_METRICS_PORT", str(port))
     sink = MetricsSink(enabled=True, tensorboard_dir=None)
-    sink.record(3, {"expert_load_std": 0.25, "dropped_token_fraction": 0.125})
+    shares = {"expert_load_fraction_0": 0.625, "expert_load_fraction_1": 0.375}
+    sink.record(3, {"expert_load_std": 0.25, "dropped_token_fraction": 0.125, **shares})
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     assert "modelsmith_train_expert_load_std 0.25" in text
     assert "modelsmith_train_dropped_token_fraction 0.125" in text
+    assert 'modelsmith_train_expert_load_fraction{expert="0"} 0.625' in text
+    assert 'modelsmith_train_expert_load_fraction{expert="1"} 0.375' in text
 
 
 def test_first_choices_are_granted_capacity_before_second_choices() -> None:

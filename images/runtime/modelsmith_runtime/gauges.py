@@ -59,14 +59,13 @@ def stop_server(server: Any) -> None:
 
 class Gauges:
     """`<prefix><name>` gauges, one per entry of ``helps``; unknown names are ignored.
-    ``labelled`` gauges carry one ``label`` (a series per value of it)."""
+    ``labelled`` gauges (name -> (label, help)) carry one label: a series per value."""
 
     def __init__(
         self,
         prefix: str,
         helps: Mapping[str, str],
-        labelled: Mapping[str, str] | None = None,
-        label: str = "",
+        labelled: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         self._gauges: dict[str, Any] = {}
         self._labelled: dict[str, Any] = {}
@@ -80,7 +79,7 @@ class Gauges:
             }
             self._labelled = {
                 name: Gauge(f"{prefix}{name}", text, [label], registry=registry)
-                for name, text in (labelled or {}).items()
+                for name, (label, text) in (labelled or {}).items()
             }
 
         self._server = start_server(populate)

@@ -68,11 +68,21 @@ PROMETHEUS_HELP = {
     "trainable_share": "Share of the parameters that train (the rest frozen).",
 }
 
-PROMETHEUS_BY_SOURCE = {
-    "mixture_weight": "Sampling weight in force for a dataset source (loss-driven mixture).",
-    "source_loss": "A source's mean loss over the last closed mixture interval.",
+PROMETHEUS_LABELLED = {
+    "mixture_weight": (
+        "source",
+        "Sampling weight in force for a dataset source (loss-driven mixture).",
+    ),
+    "source_loss": ("source", "A source's mean loss over the last closed mixture interval."),
+    "expert_load_fraction": (
+        "expert",
+        "Share of the routed token slots an expert received (MoE; by expert index, over "
+        "all MoE layers, before the capacity).",
+    ),
 }
-"""Gauges labelled ``source``: one series per dataset source."""
+"""Gauges with one label: a series per dataset source, or per expert."""
+EXPERT_SHARE = "expert_load_fraction_"
+"""Flat names (logs, result) of the per-expert shares: the ``expert`` gauge's series."""
 
 
 class MetricsSink:
@@ -92,9 +102,7 @@ class MetricsSink:
                 pass  # tensorboard is optional in the image
             else:
                 self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
-        self._prom = Gauges(
-            "modelsmith_train_", PROMETHEUS_HELP, labelled=PROMETHEUS_BY_SOURCE, label="source"
-        )
+        self._prom = Gauges("modelsmith_train_", PROMETHEUS_HELP, labelled=PROMETHEUS_LABELLED)
 
     def record(
         self,
@@ -117,6 +125,12 @@ class MetricsSink:
             self._prom.set({"step": float(step), **values})
             for name, per in (by_source or {}).items():
                 self._prom.set_labelled(name, per)
+            shares = {
+                name.removeprefix(EXPERT_SHARE): value
+                for name, value in values.items()
+                if name.startswith(EXPERT_SHARE)
+            }
+            self._prom.set_labelled("expert_load_fraction", shares)
         total = int(values.get("total_steps", 0)) or None
         self._progress.report(step, total, force=step == total)
 
