@@ -33,7 +33,7 @@ from modelsmith.contract import COMPLETION_MARKER
 from modelsmith_runtime import storage
 from modelsmith_runtime.shards import INDEX, PackedDataset
 from modelsmith_runtime.train.mixture import update
-from tests.workloads.conftest import Run, run_component, task_config
+from tests.workloads.conftest import Run, pod_env, run_component, task_config
 from tests.workloads.corpus import write_jsonl
 from tests.workloads.test_pretrain_train import Resumed, _kill_and_resume
 from tests.workloads.tiny_dataset import pretrain_config, train_records
@@ -157,6 +157,8 @@ class Runs:
     resumed: Resumed
     static: Run
     untagged: Run
+    two_ranks: Run
+    """The adaptive run as one pod of two torchrun ranks (gloo), same global batch."""
 
 
 def _config(data: Path, output: Path, **spec: Any) -> dict[str, Any]:
@@ -188,7 +190,20 @@ def runs(data: Data, tmp_path_factory: pytest.TempPathFactory) -> Runs:
         plain = pool.submit(
             run_component, "pretrain", _config(untagged, root / "u" / "m"), root / "u"
         )
-        done = Runs(adaptive.result(), resumed.result(), static.result(), plain.result())
+        two_ranks = pool.submit(
+            run_component,
+            "pretrain",
+            _config(data.uri, root / "r2" / "m", mixture=MIXTURE),
+            root / "r2",
+            env=pod_env(2),
+        )
+        done = Runs(
+            adaptive.result(),
+            resumed.result(),
+            static.result(),
+            plain.result(),
+            two_ranks.result(),
+        )
     assert done.adaptive.returncode == 0, done.adaptive.output
     return done
 
@@ -242,6 +257,22 @@ def test_a_resumed_run_ends_with_exactly_the_uninterrupted_weights(runs: Runs) -
     for key, value in reference.result.metrics.items():
         if key.startswith("mixture_weight_"):
             assert resumed.rerun.result.metrics[key] == value, key
+
+
+def test_two_ranks_draw_one_batch_between_them_and_move_the_weights_alike(runs: Runs) -> None:
+    """Each rank draws the whole step from the same weights and reads its own slice;
+    the weights come from all-reduced per-source sums, so no rank can disagree and
+    every step draws exactly the global batch."""
+    run = runs.two_ranks
+    assert run.returncode == 0, run.output
+    report = _mixture(run)
+    history = report["history"]
+    assert [h["step"] for h in history] == list(range(0, STEPS + 1, 4))
+    assert all(sum(h["sampled"]) == h["step"] * 8 for h in history), history
+    for entry in history:
+        assert all(0.5 <= w <= 1.5 for w in entry["weights"]), entry
+    final = report["weights"]
+    assert final["hard"] > 1.2 and final["easy"] < 0.8, history
 
 
 def test_static_mixture_trains_as_the_dataset_without_tags(runs: Runs) -> None:
