@@ -2,12 +2,12 @@
 
 On one generated corpus with planted duplicates (tests/workloads/corpus.py), prints:
 
-- our MinHash dedup alone (datasketch signatures + LSH + union-find); the same with
-  rensa's Rust R-MinHash signatures in place of datasketch's (same LSH, confirmation
-  and clusters); our SimHash dedup (numpy fingerprints, block search, the same
-  clusters) at the default 3 bits and at 10, with the ``simhash`` package's
-  fingerprints timed beside ours: each with precision, recall and its speed ratio to
-  datasketch MinHash measured in this run; and datatrove's
+- our MinHash dedup alone (rensa's Rust R-MinHash signatures + datasketch's LSH +
+  union-find); the same with datasketch's own signatures, what the pipeline used
+  before rensa, as the baseline of the speed ratio; our SimHash dedup (numpy
+  fingerprints, block search, the same clusters) at the default 3 bits and at 10,
+  with the ``simhash`` package's fingerprints timed beside ours: each with precision,
+  recall and its speed ratio to MinHash measured in this run; and datatrove's
   four-stage MinHash dedup (signatures, buckets, cluster, filter) with the same word
   5-grams and the same banding: documents/s and MB/s per core, precision and recall
   of removing the planted near duplicates, and the ratio of the two speeds;
@@ -21,7 +21,7 @@ Everything runs on one core (one process, OMP and tokenizers threads off), so th
 figures are per core. datatrove is not a dependency: without it, our figures are
 still printed.
 
-    .venv/bin/pip install datatrove xxhash rensa simhash   # the baselines, optional
+    .venv/bin/pip install datatrove xxhash simhash   # the baselines, optional
     .venv/bin/python bench/data_pipeline.py [--originals 10000] [--engine ray]
 """
 
@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +84,20 @@ def ours(corpus: Corpus, texts: list[str]) -> tuple[float, tuple[float, float]]:
     return cpu, corpus.scores(kept)
 
 
-def rensa_minhash(corpus: Corpus, texts: list[str]) -> tuple[float, tuple[float, float]] | None:
-    """rensa's R-MinHash signatures (Rust) through our LSH, confirmation and clusters."""
-    try:
-        from rensa import RMinHash
-    except ImportError as exc:
-        print(f"rensa skipped: {exc} (pip install rensa)")
-        return None
+def datasketch_minhash(corpus: Corpus, texts: list[str]) -> tuple[float, tuple[float, float]]:
+    """datasketch's signatures (crc32 shingle hashes, affine32 scheme), through the same
+    LSH, confirmation and clusters: the pipeline's MinHash before rensa."""
+    from datasketch import MinHash
+
     start = time.process_time()
-    sets = [list(shingles(text, NGRAM)) for text in texts]
-    matrix = RMinHash.digest_matrix_from_token_byte_sets(sets, PERMUTATIONS, SEED)
-    sigs = np.asarray(matrix.to_rows(), dtype=np.uint32)
+    sigs = np.empty((len(texts), PERMUTATIONS), dtype=np.uint32)
+    sets = (shingles(text, NGRAM) for text in texts)
+    for row, minhash in enumerate(
+        MinHash.generator(
+            sets, num_perm=PERMUTATIONS, seed=SEED, scheme="affine32", hashfunc=zlib.crc32
+        )
+    ):
+        sigs[row] = minhash.hashvalues
     duplicate = near_duplicates(sigs, THRESHOLD)
     cpu = time.process_time() - start
     kept = {text for text, dup in zip(texts, duplicate, strict=True) if not dup}
@@ -269,12 +273,11 @@ def main() -> None:
     )
     print(f"MinHash: threshold {THRESHOLD}, {PERMUTATIONS} permutations, word {NGRAM}-grams")
 
+    base_cpu, base_scores = datasketch_minhash(corpus, texts)
+    _line("MinHash, datasketch signatures", len(texts), megabytes, base_cpu, base_scores)
     our_cpu, our_scores = ours(corpus, texts)
-    _line("modelsmith MinHash dedup", len(texts), megabytes, our_cpu, our_scores)
-    rensa = rensa_minhash(corpus, texts)
-    if rensa is not None:
-        _line("MinHash, rensa signatures", len(texts), megabytes, *rensa)
-        print(f"speed ratio rensa / datasketch signatures: {our_cpu / rensa[0]:.2f}x")
+    _line("modelsmith MinHash dedup (rensa)", len(texts), megabytes, our_cpu, our_scores)
+    print(f"speed ratio rensa / datasketch signatures: {base_cpu / our_cpu:.2f}x")
     for distance in (3, 10):
         cpu, scores = ours_simhash(corpus, texts, distance)
         _line(f"modelsmith SimHash dedup, k={distance}", len(texts), megabytes, cpu, scores)

@@ -36,7 +36,7 @@ RUN mkdir -p /deps/data /deps/trainer /deps/quantizer /deps/server && cd /tmp/de
  && python3 pyproject_deps.py pyproject.toml > /deps/common.txt \
  && python3 pyproject_deps.py pyproject.toml hf --minus project > /deps/hf.txt \
  && python3 pyproject_deps.py pyproject.toml data ray --minus project > /deps/data/image.txt \
- && python3 pyproject_deps.py pyproject.toml train ray --minus project hf > /deps/trainer/image.txt \
+ && python3 pyproject_deps.py pyproject.toml train ray data --minus project hf > /deps/trainer/image.txt \
  && python3 pyproject_deps.py pyproject.toml deepspeed --minus project > /deps/trainer/deepspeed.txt \
  && python3 pyproject_deps.py pyproject.toml quantize --minus project hf > /deps/quantizer/image.txt \
  && python3 pyproject_deps.py pyproject.toml serve --minus project hf > /deps/server/image.txt

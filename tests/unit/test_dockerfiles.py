@@ -64,7 +64,7 @@ def test_dockerfile_is_pinned_non_root_and_complete(image: str, entrypoint: str)
 
 
 EXTRAS = {"data": ["data ray --minus project"]}
-EXTRAS |= {"trainer": ["train ray --minus project hf", "deepspeed --minus project"]}
+EXTRAS |= {"trainer": ["train ray data --minus project hf", "deepspeed --minus project"]}
 EXTRAS |= {"quantizer": ["quantize --minus project hf"], "server": ["serve --minus project hf"]}
 
 
