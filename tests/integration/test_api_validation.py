@@ -169,6 +169,12 @@ CASES: list[tuple[str, str, Any, str]] = [
     # rules that had no apply-time case, so nothing checked their CEL and Python forms agree
     ("PretrainJob", "training.microBatchSize", 5, "training.globalBatchSize must be a multiple"),
     ("FineTune", "hyperparameters.microBatchSize", 3, "batchSize must be a multiple of micro"),
+    (
+        "PretrainJob",
+        "architecture.auxLossCoef",
+        0.01,
+        "architecture: experts, topK, capacityFactor, auxLossCoef are moe only",
+    ),
     ("InferenceService", "canary.steps", [5, 25, 90], "canary.steps must not exceed maxWeight"),
     (
         "InferenceService",
